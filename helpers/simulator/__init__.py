@@ -1,0 +1,169 @@
+"""A local, seeded, OpenAI-compatible LLM server for the lessons (lesson 00).
+
+``start()`` runs it in its own process on a free port of 127.0.0.1, waits until it answers and stops it
+when the Python process that started it exits. The returned :class:`Simulator` changes its behaviour while
+it runs (latency, faults, rate limits) and reports what it saw, so lesson code can stay exactly what it
+would be against a real provider.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from ._config import FAULT_KINDS, PROFILES, ConfigError, SimulatorConfig
+
+SIMULATOR_HEADER = "x-llm-simulator"  # every answer carries it, so clients can tell the simulator apart
+
+__all__ = [
+    "FAULT_KINDS", "PROFILES", "SIMULATOR_HEADER", "ConfigError", "Simulator", "SimulatorConfig", "SimulatorError",
+    "start",
+]
+
+
+class SimulatorError(RuntimeError):
+    """The simulator could not be started or did not answer."""
+
+
+class Simulator:
+    """A running simulator process: its address, and the admin calls that steer and observe it."""
+
+    def __init__(self, process: subprocess.Popen[bytes] | None, base_url: str, config: SimulatorConfig) -> None:
+        self.process = process
+        self.base_url = base_url.rstrip("/")
+        self.api_url = self.base_url + "/v1"
+        self._config = config
+        self._admin = httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    @classmethod
+    def attach(cls, base_url: str) -> Simulator:
+        """Steer a simulator someone else started (``python -m helpers.simulator``), e.g. in a classroom."""
+        url = base_url.rstrip("/").removesuffix("/v1")
+        sim = cls(None, url, SimulatorConfig())
+        sim._config = SimulatorConfig(**{k: v for k, v in sim.config().items() if k != "api_key"})
+        return sim
+
+    @property
+    def running(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def config(self) -> dict[str, Any]:
+        """The settings in force now (the API key shows only as 'required')."""
+        return self._call("GET", "/admin/config")
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change settings while it runs, e.g. ``sim.configure(fail_rate=0.2, rpm=60)``; returns all settings."""
+        if "api_key" in changes:
+            raise ConfigError("the API key is fixed when the simulator starts: start(api_key=...)")
+        SimulatorConfig(**{**self._settings(), **changes})  # a clear error before anything is sent
+        data = self._call("POST", "/admin/config", json=changes)
+        self._config = SimulatorConfig(**{**self._settings(), **changes})
+        return data
+
+    def stats(self, records: bool = True) -> dict[str, Any]:
+        """What the server saw: in flight now and at peak, counts by status and fault, retries, per-request times."""
+        return self._call("GET", "/admin/stats", params={"records": "1" if records else "0"})
+
+    def reset(self) -> None:
+        """Forget the stats, the request numbering (for scripted faults) and the rate-limit state."""
+        self._call("POST", "/admin/reset")
+
+    def stop(self) -> None:
+        """Stop the process (also done automatically when Python exits)."""
+        self._admin.close()
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        if proc.stdin:
+            proc.stdin.close()  # the child exits when its stdin closes
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=3)
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Simulator {self.base_url} {state} seed={self._config.seed} profile={self._config.profile}>"
+
+    def _settings(self) -> dict[str, Any]:
+        cfg = self._config
+        return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "api_key"} | {"api_key": cfg.api_key}
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if not self.running:
+            raise SimulatorError("the simulator has stopped; start a new one with helpers.simulator.start()")
+        try:
+            response = self._admin.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise SimulatorError(f"the simulator at {self.base_url} did not answer ({exc})") from None
+        if response.status_code == 400:
+            raise ConfigError(response.json()["error"]["message"])
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
+    """Start a simulator on a free port of 127.0.0.1 and wait until it answers.
+
+    ``settings`` are :class:`SimulatorConfig` fields, e.g. ``start(seed=1, latency=0.5, profile="fixed")``.
+    Bad settings raise :class:`ConfigError` before anything starts.
+    """
+    config = SimulatorConfig(**settings)
+    payload = config.public()
+    del payload["api_key"]
+    env = dict(os.environ)
+    env.pop("SIM_API_KEY", None)
+    if config.api_key:
+        env["SIM_API_KEY"] = config.api_key
+    log = tempfile.TemporaryFile()
+    cmd = [sys.executable, "-m", "helpers.simulator", "--port", "0", "--exit-with-parent",
+           "--config-json", json.dumps(payload)]
+    began = time.monotonic()
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+    line: list[bytes] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline() if process.stdout else b""),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout)
+
+    def fail(why: str) -> SimulatorError:
+        process.kill()
+        process.wait()
+        log.seek(0)
+        detail = log.read().decode(errors="replace").strip()[-2000:]
+        return SimulatorError(f"the simulator {why}" + (f":\n{detail}" if detail else ""))
+
+    if not line or not line[0].startswith(b"READY "):
+        raise fail(f"did not start within {timeout:.0f} s" if not line else "exited while starting")
+    base_url = line[0].decode().split()[1]
+    if process.stdout:
+        process.stdout.close()
+    sim = Simulator(process, base_url, config)
+    while True:
+        try:
+            if sim._admin.get("/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - began > timeout:
+            raise fail(f"did not answer within {timeout:.0f} s")
+        time.sleep(0.02)
+    atexit.register(sim.stop)
+    return sim

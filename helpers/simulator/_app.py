@@ -1,0 +1,728 @@
+"""The simulator's HTTP API: an OpenAI-compatible Starlette app with latency, capacity, rate limits and faults.
+
+Endpoints a client sees: ``POST /v1/chat/completions`` (plain and streaming, tools), ``POST /v1/responses``,
+``GET /v1/models``. Endpoints a lesson uses to steer and observe it: ``GET /health``, ``GET /admin/stats``,
+``POST /admin/reset``, ``GET``/``POST /admin/config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter, deque
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import _text
+from ._config import ConfigError, SimulatorConfig
+
+VERSION = "1"
+SIMULATOR_HEADER = "x-llm-simulator"
+MAX_RECORDS = 20_000
+
+# --- OpenAI's error bodies --------------------------------------------------------------------------------
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+SERVER_ERROR = error_body(
+    "The server had an error while processing your request. Sorry about that!", "server_error"
+)
+OVERLOADED = error_body("The server is overloaded or not ready yet.", "server_error")
+QUOTA = error_body(
+    "You exceeded your current quota, please check your plan and billing details. For more information on "
+    "this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    "insufficient_quota",
+    "insufficient_quota",
+)
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``120ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+class _Drop(Exception):
+    """Raised after part of a response was sent, so that the server closes the connection mid-answer."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _Drop)
+
+
+# --- rate limits ------------------------------------------------------------------------------------------
+
+
+class Bucket:
+    """A token bucket holding a minute's worth of a limit, refilled continuously (as OpenAI documents)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.limit = per_minute
+        self.level = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0 when it is available now)."""
+        self._refill()
+        if amount <= self.level:
+            return 0.0
+        if amount > self.limit:
+            return math.inf
+        return (amount - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+    def headers(self, kind: str) -> dict[str, str]:
+        self._refill()
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": _duration((self.limit - self.level) / self.rate),
+        }
+
+
+# --- the simulator's state --------------------------------------------------------------------------------
+
+
+class State:
+    """Everything the server remembers: its settings, counters, rate-limit buckets and per-request records."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.reset()
+
+    def reset(self) -> None:
+        self.number = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.serving = 0
+        self.peak_serving = 0
+        self.accepted = 0
+        self.by_status: Counter[str] = Counter()
+        self.by_fault: Counter[str] = Counter()
+        self.retries_seen = 0
+        self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+        self.seen_bodies: Counter[str] = Counter()
+        self.apply_limits()
+
+    def apply_limits(self) -> None:
+        cfg = self.config
+        self.capacity = asyncio.Semaphore(cfg.capacity) if cfg.capacity else None
+        self.rpm = Bucket(cfg.rpm) if cfg.rpm else None
+        self.tpm = Bucket(cfg.tpm) if cfg.tpm else None
+
+    def update(self, changes: dict[str, Any]) -> None:
+        new = self.config.updated(changes)
+        limits_changed = (new.capacity, new.rpm, new.tpm) != (self.config.capacity, self.config.rpm, self.config.tpm)
+        self.config = new
+        if limits_changed:
+            self.apply_limits()
+
+    def stats(self, with_records: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "requests": self.number,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "serving": self.serving,
+            "peak_serving": self.peak_serving,
+            "by_status": dict(self.by_status),
+            "by_fault": dict(self.by_fault),
+            "retries_seen": self.retries_seen,
+        }
+        if with_records:
+            data["records"] = list(self.records)
+        return data
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+async def pause(receive: Receive, seconds: float) -> bool:
+    """Sleep ``seconds``; stop early and return True if the client hangs up meanwhile."""
+    if seconds <= 0:
+        return False
+    listener = asyncio.ensure_future(receive())
+    try:
+        done, _ = await asyncio.wait({listener}, timeout=seconds)
+        return bool(done) and listener.result().get("type") == "http.disconnect"
+    finally:
+        if not listener.done():
+            listener.cancel()
+
+
+def _headers(state: State, record: dict[str, Any], extra: dict[str, str] | None = None) -> dict[str, str]:
+    headers = {
+        SIMULATOR_HEADER: "helpers.simulator",
+        "x-request-id": record["id"],
+        "openai-processing-ms": str(round((time.time() - record["received"]) * 1000)),
+        "openai-version": "2020-10-01",
+    }
+    if state.rpm:
+        headers.update(state.rpm.headers("requests"))
+    if state.tpm:
+        headers.update(state.tpm.headers("tokens"))
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def _json(state: State, record: dict[str, Any], status: int, body: Any, extra: dict[str, str] | None = None
+          ) -> Response:
+    record["status"] = status
+    return JSONResponse(body, status_code=status, headers=_headers(state, record, extra))
+
+
+class _Raw(Response):
+    """A response sent piece by piece with pauses: SSE streams, dropped connections, hangs."""
+
+    def __init__(self, state: State, record: dict[str, Any], pieces: list[tuple[float, bytes]], *,
+                 media_type: str, drop: bool = False, length: int | None = None) -> None:
+        self.state, self.record, self.pieces, self.drop = state, record, pieces, drop
+        self.status_code = 200
+        self.media_type = media_type
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(self.state, self.record, {"content-type": self.media_type})
+        if self.media_type == "text/event-stream":
+            headers["cache-control"] = "no-cache"
+        if self.length is not None:
+            headers["content-length"] = str(self.length)
+        self.record["status"] = 200
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        for delay, chunk in self.pieces:
+            if await pause(receive, delay):
+                self.record["outcome"] = "client disconnected"
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if self.drop:
+            self.record["outcome"] = "connection dropped"
+            raise _Drop("connection dropped on purpose by the simulator")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# --- what a request asks for ------------------------------------------------------------------------------
+
+
+class Ask:
+    """The parts of a chat or responses request the simulator acts on."""
+
+    def __init__(self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None,
+                 tools: list[dict[str, Any]], tool_choice: Any, schema: dict[str, Any] | None) -> None:
+        self.model, self.messages, self.max_tokens = model, messages, max_tokens
+        self.tools, self.tool_choice, self.schema = tools, tool_choice, schema
+        last_user = [m for m in messages if m.get("role") == "user"]
+        self.prompt = _text.message_text(last_user[-1].get("content")) if last_user else ""
+        self.after_tool = bool(messages) and messages[-1].get("role") == "tool"
+        canonical = json.dumps([model, messages, max_tokens], sort_keys=True, default=str)
+        self.key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        self.prompt_tokens = _text.prompt_tokens(messages)
+
+    def tool_to_call(self) -> dict[str, Any] | None:
+        """The function tool this answer calls, or None for a text answer."""
+        if not self.tools or self.after_tool or self.tool_choice == "none":
+            return None
+        named = None
+        if isinstance(self.tool_choice, dict):
+            named = (self.tool_choice.get("function") or {}).get("name") or self.tool_choice.get("name")
+        by_name = {t["name"]: t for t in self.tools}
+        if named in by_name:
+            return by_name[named]
+        outputs = [t for t in self.tools if t["name"].startswith("final_result")]
+        return outputs[0] if outputs else self.tools[0]
+
+
+def _plan(state: State, ask: Ask) -> dict[str, Any]:
+    """Decide the answer (text or tool call), its token count and its timing: all seeded."""
+    cfg = state.config
+    rng = _text.seeded_rng(cfg.seed, "answer", ask.key)
+    tool = ask.tool_to_call()
+    finish = "stop"
+    if tool is not None:
+        args = _text.value_for_schema(tool.get("parameters") or {}, ask.prompt, rng)
+        content = json.dumps(args)
+        finish = "tool_calls"
+    elif ask.schema is not None:
+        content = json.dumps(_text.value_for_schema(ask.schema, ask.prompt, rng))
+    else:
+        if ask.after_tool:
+            result = _text.message_text(ask.messages[-1].get("content"))
+            content = f"The tool returned: {result}"
+        else:
+            content = _text.rule_answer(ask.prompt) or _text.filler(rng, rng.randint(30, 80))
+        natural = _text.count_tokens(content)
+        if ask.max_tokens is not None and natural > ask.max_tokens:
+            if _text.rule_answer(ask.prompt) is None and not ask.after_tool:
+                content = _text.filler(rng, ask.max_tokens)
+            else:
+                content = _text.truncate(content, ask.max_tokens)
+            finish = "length"
+    out_tokens = max(1, _text.count_tokens(content))
+    generation = out_tokens / cfg.tokens_per_second
+    base = cfg.latency if cfg.latency is not None else cfg.ttft + generation
+    lat_rng = _text.seeded_rng(cfg.seed, "latency", ask.key)
+    if cfg.profile == "fixed":
+        factor = 1.0
+    elif cfg.profile == "uniform":
+        factor = lat_rng.uniform(1 - cfg.spread, 1 + cfg.spread)
+    else:  # longtail: most calls near the base, about one in seven much slower
+        factor = lat_rng.uniform(2.0, 5.0) if lat_rng.random() < 0.15 else lat_rng.uniform(0.7, 1.3)
+    total = base * factor
+    first = total * (cfg.ttft / (cfg.ttft + generation)) if cfg.ttft + generation > 0 else 0.0
+    return {"tool": tool, "content": content, "finish": finish, "out_tokens": out_tokens,
+            "total": total, "first": first}
+
+
+def _fault(state: State, record: dict[str, Any], ask: Ask) -> str | None:
+    cfg = state.config
+    if record["n"] in cfg.script:
+        return cfg.script[record["n"]]
+    if cfg.fail_rate > 0:
+        occurrence = state.seen_bodies[ask.key]
+        rng = _text.seeded_rng(cfg.seed, "fault", ask.key, occurrence)
+        if rng.random() < cfg.fail_rate:
+            return rng.choice(cfg.fail_kinds)
+    return None
+
+
+def _rate_limited(state: State, record: dict[str, Any], ask: Ask, kind: str, wait: float) -> Response:
+    bucket = state.rpm if kind == "requests" else state.tpm
+    assert bucket is not None
+    requested = 1 if kind == "requests" else ask.prompt_tokens + (ask.max_tokens or 0)
+    label = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+    used = bucket.limit - max(0, math.floor(bucket.level))
+    again = "never: the request is larger than the whole limit" if wait == math.inf else f"{wait:.3g}s"
+    message = (f"Rate limit reached for {ask.model} in organization org-simulator on {label}: Limit "
+               f"{bucket.limit}, Used {used}, Requested {requested}. Please try again in {again}. Visit "
+               "https://platform.openai.com/account/rate-limits to learn more.")
+    wait = 60.0 if wait == math.inf else wait
+    extra = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+    return _json(state, record, 429, error_body(message, kind, "rate_limit_exceeded"), extra)
+
+
+def _scripted_rate_limit(state: State, record: dict[str, Any], ask: Ask) -> Response:
+    message = (f"Rate limit reached for {ask.model} in organization org-simulator on requests per min (RPM): "
+               "Limit 3, Used 3, Requested 1. Please try again in 1s. Visit "
+               "https://platform.openai.com/account/rate-limits to learn more.")
+    extra = {"retry-after": "1", "retry-after-ms": "1000"}
+    return _json(state, record, 429, error_body(message, "requests", "rate_limit_exceeded"), extra)
+
+
+# --- endpoints --------------------------------------------------------------------------------------------
+
+
+def _bad(state: State, record: dict[str, Any], message: str, param: str | None = None, status: int = 400,
+         code: str | None = None) -> Response:
+    return _json(state, record, status, error_body(message, "invalid_request_error", code, param))
+
+
+def _auth(state: State, request: Request, record: dict[str, Any]) -> Response | None:
+    key = state.config.api_key
+    if not key:
+        return None
+    given = request.headers.get("authorization", "")
+    if not given:
+        return _bad(state, record, "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", status=401)
+    if given != f"Bearer {key}":
+        # Unlike some providers, never echo any part of the key back.
+        return _bad(state, record, "Incorrect API key provided. Check the key you set (LLM_API_KEY).",
+                    status=401, code="invalid_api_key")
+    return None
+
+
+async def _handle(request: Request, api: str) -> Response:
+    state: State = request.app.state.sim
+    state.number += 1
+    record: dict[str, Any] = {
+        "n": state.number, "id": f"req_{state.config.seed & 0xFFFF:04x}{state.number:08d}", "path": api,
+        "model": None, "prompt": None, "stream": False, "received": time.time(), "started": None,
+        "ended": None, "status": None, "fault": None, "outcome": None,
+        "retry": _retry_count(request.headers.get("x-stainless-retry-count")),
+        "prompt_tokens": 0, "completion_tokens": 0,
+    }
+    if record["retry"] > 0:
+        state.retries_seen += 1
+    state.records.append(record)
+    state.in_flight += 1
+    state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+    try:
+        return await _serve(request, state, record, api)
+    finally:
+        state.in_flight -= 1
+        if record["ended"] is None:
+            record["ended"] = time.time()
+        state.by_status[str(record["status"])] += 1
+        if record["fault"]:
+            state.by_fault[record["fault"]] += 1
+
+
+def _retry_count(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+async def _serve(request: Request, state: State, record: dict[str, Any], api: str) -> Response:
+    denied = _auth(state, request, record)
+    if denied:
+        return denied
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        return _bad(state, record, "We could not parse the JSON body of your request. (HINT: This likely means "
+                    "you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
+    parsed = _parse_chat(body) if api == "chat" else _parse_responses(body)
+    if isinstance(parsed, str):
+        return _bad(state, record, parsed)
+    ask = parsed
+    record["model"], record["prompt"] = ask.model, ask.prompt[:80]
+    record["stream"] = bool(body.get("stream"))
+    record["prompt_tokens"] = ask.prompt_tokens
+    if ask.model not in state.config.models:
+        return _bad(state, record, f"The model `{ask.model}` does not exist or you do not have access to it. "
+                    f"This simulator serves: {', '.join(state.config.models)}.", status=404,
+                    code="model_not_found")
+    if record["stream"] and api == "responses":
+        return _bad(state, record, "This simulator answers /v1/responses without streaming only; "
+                    "use /v1/chat/completions for streaming.", param="stream")
+
+    # Rate limits first, as a provider's gateway would.
+    if state.rpm and (wait := state.rpm.wait_for(1)) > 0:
+        return _rate_limited(state, record, ask, "requests", wait)
+    tokens = ask.prompt_tokens + (ask.max_tokens or 0)
+    if state.tpm and (wait := state.tpm.wait_for(tokens)) > 0:
+        return _rate_limited(state, record, ask, "tokens", wait)
+    if state.rpm:
+        state.rpm.take(1)
+    if state.tpm:
+        state.tpm.take(tokens)
+
+    fault = _fault(state, record, ask)
+    state.seen_bodies[ask.key] += 1
+    cfg = state.config
+    if fault is None and cfg.quota_requests is not None and state.accepted >= cfg.quota_requests:
+        fault = "quota"
+    record["fault"] = fault
+    if fault == "quota":
+        return _json(state, record, 429, QUOTA)
+    if fault == "429":
+        return _scripted_rate_limit(state, record, ask)
+    state.accepted += 1
+
+    if state.capacity is not None:
+        await state.capacity.acquire()
+    state.serving += 1
+    state.peak_serving = max(state.peak_serving, state.serving)
+    record["started"] = time.time()
+    try:
+        return await _answer(request, state, record, ask, body, api, fault)
+    finally:
+        state.serving -= 1
+        if state.capacity is not None:
+            state.capacity.release()
+
+
+async def _answer(request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any],
+                  api: str, fault: str | None) -> Response:
+    plan = _plan(state, ask)
+    receive = request.receive
+    if fault == "hang":
+        await pause(receive, state.config.hang_seconds)
+        record["outcome"] = "hung until the client gave up"
+        return _json(state, record, 504, error_body("Gateway timeout (the simulator hung on purpose).",
+                                                     "server_error"))
+    if fault in ("500", "503"):
+        if await pause(receive, plan["first"]):
+            record["status"] = 499
+            return Response(status_code=499)
+        return _json(state, record, int(fault), SERVER_ERROR if fault == "500" else OVERLOADED)
+
+    record["completion_tokens"] = plan["out_tokens"]
+    index = record["n"]
+    if api == "chat" and body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        pieces = _chat_stream(state, ask, plan, index, include_usage, fault)
+        # Nothing is held back: the stream is its own timing.
+        return _Raw(state, record, pieces, media_type="text/event-stream", drop=fault == "drop")
+
+    if await pause(receive, plan["total"]):
+        record["status"] = 499
+        record["outcome"] = "client disconnected"
+        return Response(status_code=499)
+    payload = _chat_body(state, ask, plan, index) if api == "chat" else _responses_body(state, ask, plan, index)
+    data = json.dumps(payload).encode()
+    if fault == "malformed":
+        record["outcome"] = "malformed body sent"
+        return _Raw(state, record, [(0.0, data[: len(data) // 2] + b"<!-- truncated -->")],
+                    media_type="application/json")
+    if fault == "drop":
+        return _Raw(state, record, [(0.0, data[: len(data) // 2])], media_type="application/json",
+                    drop=True, length=len(data))
+    record["outcome"] = "answered"
+    return _json(state, record, 200, payload)
+
+
+def _completion_id(state: State, index: int, prefix: str) -> str:
+    return f"{prefix}-sim{state.config.seed & 0xFFFF:04x}{index:08d}"
+
+
+def _usage(ask: Ask, plan: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt_tokens": ask.prompt_tokens, "completion_tokens": plan["out_tokens"],
+            "total_tokens": ask.prompt_tokens + plan["out_tokens"]}
+
+
+def _tool_call(state: State, plan: dict[str, Any], index: int) -> dict[str, Any]:
+    return {"id": f"call_sim{index:08d}", "type": "function",
+            "function": {"name": plan["tool"]["name"], "arguments": plan["content"]}}
+
+
+def _chat_body(state: State, ask: Ask, plan: dict[str, Any], index: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None if plan["tool"] else plan["content"],
+                               "refusal": None}
+    if plan["tool"]:
+        message["tool_calls"] = [_tool_call(state, plan, index)]
+    return {
+        "id": _completion_id(state, index, "chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+        "model": ask.model, "system_fingerprint": "fp_simulator",
+        "choices": [{"index": 0, "message": message, "finish_reason": plan["finish"], "logprobs": None}],
+        "usage": _usage(ask, plan),
+    }
+
+
+def _chat_stream(state: State, ask: Ask, plan: dict[str, Any], index: int, include_usage: bool,
+                 fault: str | None) -> list[tuple[float, bytes]]:
+    ident, created = _completion_id(state, index, "chatcmpl"), int(time.time())
+
+    def event(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        chunk: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                                 "model": ask.model, "system_fingerprint": "fp_simulator", "choices": choices}
+        if include_usage:
+            chunk["usage"] = usage
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def delta(d: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+
+    pieces: list[tuple[float, bytes]] = [(plan["first"], event(delta({"role": "assistant", "content": ""})))]
+    rest = max(0.0, plan["total"] - plan["first"])
+    if plan["tool"]:
+        call = _tool_call(state, plan, index)
+        args = call["function"].pop("arguments")
+        call["function"]["arguments"] = ""
+        pieces.append((0.0, event(delta({"tool_calls": [{"index": 0, **call}]}))))
+        parts = [args[i: i + 16] for i in range(0, len(args), 16)] or [""]
+        for part in parts:
+            pieces.append((rest / len(parts), event(delta({"tool_calls": [
+                {"index": 0, "function": {"arguments": part}}]}))))
+    else:
+        words = [w for w in plan["content"].split(" ")]
+        # At most 50 events per answer: long answers send several words per event.
+        group = max(1, math.ceil(len(words) / 50))
+        groups = [" ".join(words[i: i + group]) for i in range(0, len(words), group)]
+        for i, text in enumerate(groups):
+            piece = text if i == len(groups) - 1 else text + " "
+            pieces.append((rest / len(groups), event(delta({"content": piece}))))
+    if fault == "drop":
+        return pieces[: max(2, len(pieces) // 2)]
+    if fault == "malformed":
+        half = max(2, len(pieces) // 2)
+        return pieces[:half] + [(0.0, b'data: {"id": "' + ident.encode() + b'", "choices": [{"delta": \n\n')]
+    pieces.append((0.0, event(delta({}, plan["finish"]))))
+    if include_usage:
+        pieces.append((0.0, event([], _usage(ask, plan))))
+    pieces.append((0.0, b"data: [DONE]\n\n"))
+    return pieces
+
+
+def _responses_body(state: State, ask: Ask, plan: dict[str, Any], index: int) -> dict[str, Any]:
+    if plan["tool"]:
+        output: list[dict[str, Any]] = [{
+            "type": "function_call", "id": f"fc_sim{index:08d}", "call_id": f"call_sim{index:08d}",
+            "name": plan["tool"]["name"], "arguments": plan["content"], "status": "completed"}]
+    else:
+        output = [{"type": "message", "id": f"msg_sim{index:08d}", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": plan["content"], "annotations": [],
+                                "logprobs": []}]}]
+    incomplete = plan["finish"] == "length"
+    return {
+        "id": _completion_id(state, index, "resp"), "object": "response", "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed", "model": ask.model, "output": output,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "error": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+        "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": ask.prompt_tokens, "output_tokens": plan["out_tokens"],
+                  "total_tokens": ask.prompt_tokens + plan["out_tokens"],
+                  "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+
+
+def _max_tokens(value: Any, name: str) -> int | None | str:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"Invalid '{name}': expected a positive integer, got {value!r}."
+    return value
+
+
+def _parse_chat(body: dict[str, Any]) -> Ask | str:
+    model = body.get("model")
+    if not model or not isinstance(model, str):
+        return "you must provide a model parameter"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return "'messages' must be a non-empty array of message objects."
+    limit = _max_tokens(body.get("max_completion_tokens", body.get("max_tokens")), "max_tokens")
+    if isinstance(limit, str):
+        return limit
+    tools = [t["function"] for t in body.get("tools") or [] if isinstance(t, dict) and t.get("function")]
+    schema = None
+    fmt = body.get("response_format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = {t.get("function", {}).get("name") or t.get("name")
+                   for t in (choice.get("allowed_tools") or {}).get("tools", [])}
+        tools = [t for t in tools if t["name"] in allowed] or tools
+        choice = (choice.get("allowed_tools") or {}).get("mode", "auto")
+    return Ask(model=model, messages=messages, max_tokens=limit, tools=tools, tool_choice=choice, schema=schema)
+
+
+def _parse_responses(body: dict[str, Any]) -> Ask | str:
+    model = body.get("model")
+    if not model or not isinstance(model, str):
+        return "you must provide a model parameter"
+    items = body.get("input")
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": str(body["instructions"])})
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call_output":
+                messages.append({"role": "tool", "content": str(item.get("output", ""))})
+            elif item.get("type") == "function_call":
+                messages.append({"role": "assistant", "content": "",
+                                 "tool_calls": [{"function": {"name": item.get("name"),
+                                                              "arguments": item.get("arguments")}}]})
+            elif "role" in item:
+                messages.append({"role": item["role"], "content": _text.message_text(item.get("content"))})
+    if not any(m["role"] in ("user", "tool") for m in messages):
+        return "'input' must be a string or a list holding at least one user message."
+    limit = _max_tokens(body.get("max_output_tokens"), "max_output_tokens")
+    if isinstance(limit, str):
+        return limit
+    tools = [{"name": t["name"], "parameters": t.get("parameters") or {}}
+             for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    schema = None
+    fmt = (body.get("text") or {}).get("format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema") or {}
+    return Ask(model=model, messages=messages, max_tokens=limit, tools=tools,
+               tool_choice=body.get("tool_choice"), schema=schema)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _handle(request, "chat")
+
+
+async def responses(request: Request) -> Response:
+    return await _handle(request, "responses")
+
+
+async def models(request: Request) -> Response:
+    state: State = request.app.state.sim
+    record = {"id": "req_models", "received": time.time()}
+    denied = _auth(state, request, dict(record))
+    if denied:
+        return denied
+    data = [{"id": m, "object": "model", "created": int(state.started), "owned_by": "simulator"}
+            for m in state.config.models]
+    return JSONResponse({"object": "list", "data": data}, headers=_headers(state, record))
+
+
+async def health(request: Request) -> Response:
+    state: State = request.app.state.sim
+    return JSONResponse({"status": "ok", "simulator": "helpers.simulator", "version": VERSION,
+                         "models": list(state.config.models)}, headers={SIMULATOR_HEADER: "helpers.simulator"})
+
+
+async def admin_stats(request: Request) -> Response:
+    state: State = request.app.state.sim
+    with_records = request.query_params.get("records", "1") not in ("0", "false", "no")
+    return JSONResponse(state.stats(with_records))
+
+
+async def admin_reset(request: Request) -> Response:
+    state: State = request.app.state.sim
+    state.reset()
+    return JSONResponse({"status": "reset"})
+
+
+async def admin_config(request: Request) -> Response:
+    state: State = request.app.state.sim
+    if request.method == "POST":
+        try:
+            changes = json.loads(await request.body() or b"{}")
+            if not isinstance(changes, dict):
+                raise ConfigError("send a JSON object of settings to change, e.g. {\"fail_rate\": 0.2}")
+            state.update(changes)
+        except json.JSONDecodeError:
+            return JSONResponse(error_body("the body must be JSON, e.g. {\"fail_rate\": 0.2}",
+                                           "invalid_request_error"), status_code=400)
+        except (ConfigError, TypeError) as exc:
+            return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
+    return JSONResponse(state.config.public())
+
+
+def create_app(config: SimulatorConfig | None = None) -> Starlette:
+    """The simulator as an ASGI app (served by uvicorn in its own process; see ``helpers.simulator``)."""
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/admin/stats", admin_stats, methods=["GET"]),
+        Route("/admin/reset", admin_reset, methods=["POST"]),
+        Route("/admin/config", admin_config, methods=["GET", "POST"]),
+    ])
+    app.state.sim = State(config or SimulatorConfig())
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    return app
