@@ -367,7 +367,7 @@ async def _handle(request: Request, api: str) -> Response:
         "model": None, "prompt": None, "stream": False, "received": time.time(), "started": None,
         "ended": None, "status": None, "fault": None, "outcome": None,
         "retry": _retry_count(request.headers.get("x-stainless-retry-count")),
-        "prompt_tokens": 0, "completion_tokens": 0,
+        "prompt_tokens": 0, "completion_tokens": 0, "planned_latency": None,
     }
     if record["retry"] > 0:
         state.retries_seen += 1
@@ -458,6 +458,7 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
 async def _answer(request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any],
                   api: str, fault: str | None) -> Response:
     plan = _plan(state, ask)
+    record["planned_latency"] = round(plan["total"], 6)
     receive = request.receive
     if fault == "hang":
         await pause(receive, state.config.hang_seconds)
