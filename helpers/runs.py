@@ -1,0 +1,577 @@
+"""Many prompts, one strategy: run them and record what happened to every call (lessons 01-05).
+
+Each runner returns a :class:`RunReport`: one :class:`CallRecord` per prompt (when it started and ended, on
+which worker, how many attempts, the answer or the error) plus the wall time and the client's CPU time.
+A failed call is a record with its error: no prompt is ever lost, and one failure never stops the others.
+
+The lessons write the ``ThreadPoolExecutor`` and the ``gather`` themselves; these runners do the same thing
+with the bookkeeping added, so that every run can be drawn (``helpers.timeline``) and compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "STRATEGIES",
+    "Answer",
+    "CallRecord",
+    "RunReport",
+    "run",
+    "run_agent_async",
+    "run_agent_threads",
+    "run_async",
+    "run_in_new_loop",
+    "run_naive_async",
+    "run_naive_threads",
+    "run_sequential",
+    "run_threads",
+]
+
+T = TypeVar("T")
+
+STRATEGIES = {
+    "sequential": "one call after another",
+    "threads": "ThreadPoolExecutor.map: answers in input order",
+    "threads-completion": "ThreadPoolExecutor.submit + as_completed: answers as they finish",
+    "asyncio": "asyncio.gather with a semaphore: answers in input order",
+    "asyncio-completion": "asyncio.as_completed with a semaphore: answers as they finish",
+    "agent-threads": "pydantic-ai run_sync on a thread pool, one agent per thread",
+    "agent-asyncio": "pydantic-ai run with asyncio.gather and a semaphore",
+    "agent-max-concurrency": "pydantic-ai run with asyncio.gather, limited by the agent's max_concurrency",
+    "naive-threads": "one threading.Thread per prompt appending to a shared list (teaching example)",
+    "naive-asyncio": "a new httpx.AsyncClient per call, unbounded gather (teaching example)",
+}
+
+
+@dataclass
+class Answer:
+    """What a call may return instead of plain text, to report retries and tokens (lessons 05-06)."""
+
+    text: str
+    attempts: int = 1
+    waited: float = 0.0
+    tokens: int | None = None
+
+
+@dataclass
+class CallRecord:
+    """What happened to one prompt. Times are seconds since the run started."""
+
+    index: int
+    prompt: str
+    start: float = 0.0
+    end: float = 0.0
+    worker: str = ""
+    attempts: int = 1
+    waited: float = 0.0
+    answer: Any = None
+    error: str | None = None
+    tokens: int | None = None
+    delivered: float | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    @property
+    def outcome(self) -> str:
+        return self.answer if self.error is None else f"error: {self.error}"  # type: ignore[return-value]
+
+
+@dataclass
+class RunReport:
+    """All the calls of one run, plus its wall time and the CPU time the client process spent."""
+
+    strategy: str
+    records: list[CallRecord]
+    wall: float
+    cpu: float = 0.0
+    workers: int | None = None
+    label: str = ""
+    delivery_order: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.records.sort(key=lambda r: r.index)
+        if not self.label:
+            self.label = self.strategy if self.workers is None else f"{self.strategy} ({self.workers} workers)"
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def answers(self) -> list[Any]:
+        """Answers in input order: ``answers[i]`` belongs to ``prompts[i]``; None where the call failed."""
+        return [r.answer if r.ok else None for r in self.records]
+
+    @property
+    def failures(self) -> list[CallRecord]:
+        return [r for r in self.records if not r.ok]
+
+    @property
+    def sum_of_latencies(self) -> float:
+        """What the same calls would take one after another."""
+        return sum(r.latency for r in self.records)
+
+    @property
+    def slowest(self) -> float:
+        return max((r.latency for r in self.records), default=0.0)
+
+    @property
+    def speedup(self) -> float:
+        """Sum of latencies divided by wall time: 1 for sequential, up to the number of calls in flight."""
+        return self.sum_of_latencies / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def peak_in_flight(self) -> int:
+        events = sorted([(r.start, 1) for r in self.records] + [(r.end, -1) for r in self.records],
+                        key=lambda e: (e[0], e[1]))
+        peak = now = 0
+        for _, step in events:
+            now += step
+            peak = max(peak, now)
+        return peak
+
+    def summary(self) -> dict[str, Any]:
+        return {"run": self.label, "calls": self.n, "failed": len(self.failures), "wall s": round(self.wall, 3),
+                "sum of latencies s": round(self.sum_of_latencies, 3), "slowest s": round(self.slowest, 3),
+                "speed-up": round(self.speedup, 2), "peak in flight": self.peak_in_flight,
+                "client CPU s": round(self.cpu, 3)}
+
+    def __repr__(self) -> str:
+        return (f"<RunReport {self.label}: {self.n} calls, {len(self.failures)} failed, wall {self.wall:.2f} s, "
+                f"sum of latencies {self.sum_of_latencies:.2f} s>")
+
+
+# --- bookkeeping shared by all runners --------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def report(self, strategy: str, records: list[CallRecord], workers: int | None, delivered: list[int],
+               cancelled: bool = False) -> RunReport:
+        return RunReport(strategy, records, self.now(), time.process_time() - self.cpu0, workers,
+                         delivery_order=delivered, cancelled=cancelled)
+
+
+def _fill(record: CallRecord, result: Any) -> None:
+    if isinstance(result, Answer):
+        record.answer, record.attempts, record.waited, record.tokens = (
+            result.text, result.attempts, result.waited, result.tokens)
+    else:
+        record.answer = result
+
+
+def _fail(record: CallRecord, exc: BaseException) -> None:
+    record.exception = exc
+    text = str(exc) or exc.__class__.__name__
+    record.error = f"{exc.__class__.__name__}: {text[:300]}" if not text.startswith(exc.__class__.__name__) else text
+    attempts = getattr(exc, "attempts", None)
+    if isinstance(attempts, int):
+        record.attempts = attempts
+
+
+def _check_workers(workers: Any, name: str = "workers") -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise ValueError(f"{name} must be a whole number of at least 1 (got {workers!r})")
+    if workers < 1:
+        raise ValueError(f"{name} must be at least 1 (got {workers}); it is how many calls may be in flight at once")
+    return workers
+
+
+def _check_order(order: str) -> str:
+    if order not in ("input", "completion"):
+        raise ValueError(f"order must be 'input' or 'completion' (got {order!r})")
+    return order
+
+
+def _prompts(prompts: Iterable[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, not one string")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}] must be a string (got {type(p).__name__})")
+    return items
+
+
+def _worker_name() -> str:
+    name = threading.current_thread().name
+    return "main" if name == "MainThread" else name
+
+
+OnResult = Callable[[CallRecord], None]
+
+
+def _deliver(record: CallRecord, clock: _Clock, delivered: list[int], on_result: OnResult | None) -> None:
+    record.delivered = clock.now()
+    delivered.append(record.index)
+    if on_result is not None:
+        on_result(record)
+
+
+# --- sequential and threads -------------------------------------------------------------------------------
+
+
+def _timed(call: Callable[[str], Any], record: CallRecord, clock: _Clock) -> CallRecord:
+    record.worker = _worker_name()
+    record.start = clock.now()
+    try:
+        _fill(record, call(record.prompt))
+    except Exception as exc:  # a failed call is a record, never a crash of the run
+        _fail(record, exc)
+    record.end = clock.now()
+    return record
+
+
+def run_sequential(call: Callable[[str], Any], prompts: Iterable[str], *, on_result: OnResult | None = None,
+                   cancel: threading.Event | None = None) -> RunReport:
+    """Call ``call(prompt)`` for each prompt, one after another (lesson 01)."""
+    items = _prompts(prompts)
+    clock, delivered = _Clock(), []
+    records = [CallRecord(i, p) for i, p in enumerate(items)]
+    for record in records:
+        if cancel is not None and cancel.is_set():
+            _cancelled(record, clock)
+            continue
+        _timed(call, record, clock)
+        _deliver(record, clock, delivered, on_result)
+    return clock.report("sequential", records, 1, delivered, _was_cancelled(cancel))
+
+
+def _cancelled(record: CallRecord, clock: _Clock) -> None:
+    record.start = record.end = clock.now()
+    record.error = "cancelled before it started"
+    record.worker = "-"
+
+
+def _was_cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
+def run_threads(call: Callable[[str], Any], prompts: Iterable[str], *, workers: int = 3, order: str = "input",
+                on_result: OnResult | None = None, cancel: threading.Event | None = None) -> RunReport:
+    """Run ``call(prompt)`` on a ``ThreadPoolExecutor`` with ``workers`` threads (lesson 02).
+
+    ``order="input"`` uses ``pool.map``: answers arrive in input order, so a fast answer waits for a slower
+    one before it. ``order="completion"`` uses ``submit`` + ``as_completed``: answers arrive as calls finish.
+    """
+    workers, order = _check_workers(workers), _check_order(order)
+    items = _prompts(prompts)
+    clock, delivered = _Clock(), []
+    records = [CallRecord(i, p) for i, p in enumerate(items)]
+    strategy = "threads" if order == "input" else "threads-completion"
+
+    def task(record: CallRecord) -> CallRecord:
+        if cancel is not None and cancel.is_set():
+            _cancelled(record, clock)
+            return record
+        return _timed(call, record, clock)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread") as pool:
+        futures = [pool.submit(task, r) for r in records]
+        stream = futures if order == "input" else as_completed(futures)
+        try:
+            for future in stream:
+                _wait_or_cancel(future, cancel, pool)
+                if future.cancelled():
+                    continue
+                _deliver(future.result(), clock, delivered, on_result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for record, future in zip(records, futures, strict=True):
+        if future.cancelled():
+            _cancelled(record, clock)
+    return clock.report(strategy, records, workers, delivered, _was_cancelled(cancel))
+
+
+def _wait_or_cancel(future: Future[Any], cancel: threading.Event | None, pool: ThreadPoolExecutor) -> None:
+    """Wait for ``future``; if the run is cancelled meanwhile, drop the calls that have not started."""
+    if cancel is None:
+        future.result()
+        return
+    while not future.done():
+        done, _ = wait([future], timeout=0.05, return_when=FIRST_COMPLETED)
+        if not done and cancel.is_set():
+            pool.shutdown(wait=False, cancel_futures=True)
+            future.exception()  # a call already running is let finish: its answer is kept
+            return
+
+
+# --- asyncio ----------------------------------------------------------------------------------------------
+
+
+async def _timed_async(acall: Callable[[str], Awaitable[Any]], record: CallRecord, clock: _Clock,
+                       limit: asyncio.Semaphore | None, slots: list[int]) -> CallRecord:
+    if limit is not None:
+        await limit.acquire()
+    slot = slots.pop() if slots else None
+    try:
+        task = asyncio.current_task()
+        record.worker = f"slot {slot}" if slot is not None else (task.get_name() if task else "task")
+        record.start = clock.now()
+        try:
+            _fill(record, await acall(record.prompt))
+        except Exception as exc:
+            _fail(record, exc)
+        record.end = clock.now()
+        return record
+    finally:
+        if slot is not None:
+            slots.append(slot)
+        if limit is not None:
+            limit.release()
+
+
+async def run_async(acall: Callable[[str], Awaitable[Any]], prompts: Iterable[str], *, limit: int | None = 3,
+                    order: str = "input", on_result: OnResult | None = None,
+                    cancel: threading.Event | None = None) -> RunReport:
+    """Await ``acall(prompt)`` for every prompt at once, at most ``limit`` in flight (lesson 03).
+
+    ``order="input"`` is ``asyncio.gather``: all answers come back together, in input order.
+    ``order="completion"`` is ``asyncio.as_completed``: each answer as soon as its call finishes.
+    ``limit=None`` means no semaphore: every call starts at once.
+    """
+    if limit is not None:
+        limit = _check_workers(limit, "limit")
+    order = _check_order(order)
+    items = _prompts(prompts)
+    clock, delivered = _Clock(), []
+    records = [CallRecord(i, p) for i, p in enumerate(items)]
+    semaphore = asyncio.Semaphore(limit) if limit is not None else None
+    slots = list(range(limit, 0, -1)) if limit is not None else []
+    strategy = "asyncio" if order == "input" else "asyncio-completion"
+    tasks = [asyncio.ensure_future(_timed_async(acall, r, clock, semaphore, slots)) for r in records]
+    watcher = asyncio.ensure_future(_watch_cancel(cancel, tasks)) if cancel is not None else None
+    try:
+        if order == "input":
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in done:
+                if isinstance(result, CallRecord):
+                    _deliver(result, clock, delivered, on_result)
+        else:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    _deliver(await next_done, clock, delivered, on_result)
+                except asyncio.CancelledError:
+                    if cancel is None or not cancel.is_set():
+                        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for task in tasks:
+            task.cancel()
+    for record, task in zip(records, tasks, strict=True):
+        if task.cancelled() or (task.done() and not isinstance(task.result(), CallRecord)):
+            if record.error is None and record.answer is None:
+                record.start = record.start or clock.now()
+                record.end = clock.now()
+                record.error = "cancelled"
+                record.worker = record.worker or "-"
+    return clock.report(strategy, records, limit, delivered, _was_cancelled(cancel))
+
+
+async def _watch_cancel(cancel: threading.Event, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    while not cancel.is_set():
+        await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+
+
+def run_in_new_loop(coro: Awaitable[T]) -> T:
+    """Run a coroutine to completion on a fresh event loop in its own thread.
+
+    Works from plain scripts and from inside Jupyter (whose loop is already running), without nest-asyncio.
+    """
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, asyncio.run(_as_coroutine(coro))))
+        except BaseException as exc:  # handed back to the caller's thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="asyncio-runner", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+# --- the naive versions, kept as teaching examples (lessons 02-03) ----------------------------------------
+
+
+def run_naive_threads(call: Callable[[str], Any], prompts: Iterable[str]) -> RunReport:
+    """One ``threading.Thread`` per prompt, appending to a shared list: no cap on threads, and the list
+    fills in completion order. Errors are kept here; the classic version swallows them into None."""
+    items = _prompts(prompts)
+    clock, results = _Clock(), []
+    lock = threading.Lock()
+    counter = itertools.count(1)
+
+    def work(record: CallRecord) -> None:
+        _timed(call, record, clock)
+        record.delivered = clock.now()
+        with lock:
+            results.append(record)
+
+    records = [CallRecord(i, p) for i, p in enumerate(items)]
+    threads = [threading.Thread(target=work, args=(r,), name=f"thread-{next(counter)}") for r in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return clock.report("naive-threads", records, None, [r.index for r in results])
+
+
+async def run_naive_async(base_url: str, model: str, prompts: Iterable[str], *, headers: dict[str, str] | None = None,
+                          timeout: float = 60.0, max_tokens: int | None = None) -> RunReport:
+    """A new ``httpx.AsyncClient`` for every call and an unbounded ``gather``: the pattern to avoid (lesson 03)."""
+    import httpx
+
+    from .calls import answer_from, chat_request
+
+    async def call(prompt: str) -> str:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
+            response = await client.post("/chat/completions", json=chat_request(model, prompt, max_tokens=max_tokens))
+            return answer_from(response)
+
+    report = await run_async(call, prompts, limit=None, order="input")
+    report.strategy = "naive-asyncio"
+    report.label = "naive-asyncio (client per call)"
+    return report
+
+
+# --- pydantic-ai (lesson 04) ------------------------------------------------------------------------------
+
+
+def run_agent_threads(make_agent: Callable[[], Any], prompts: Iterable[str], *, workers: int = 3,
+                      order: str = "input", on_result: OnResult | None = None,
+                      cancel: threading.Event | None = None) -> RunReport:
+    """``agent.run_sync`` on a thread pool, with one agent per thread (lesson 04).
+
+    Each worker thread runs its own event loop, and an agent's HTTP client belongs to the loop that first used
+    it; so each thread builds its own agent with ``make_agent()`` (kept in a ``threading.local``).
+    """
+    local = threading.local()
+
+    def call(prompt: str) -> Any:
+        agent = getattr(local, "agent", None)
+        if agent is None:
+            agent = local.agent = make_agent()
+        return agent.run_sync(prompt).output
+
+    report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    report.strategy = "agent-threads"
+    report.label = f"agent-threads ({workers} workers)"
+    return report
+
+
+async def run_agent_async(agent: Any, prompts: Iterable[str], *, limit: int | None = 3, order: str = "input",
+                          on_result: OnResult | None = None, cancel: threading.Event | None = None) -> RunReport:
+    """``await agent.run(prompt)`` for every prompt, at most ``limit`` at once (lesson 04)."""
+
+    async def call(prompt: str) -> Any:
+        return (await agent.run(prompt)).output
+
+    report = await run_async(call, prompts, limit=limit, order=order, on_result=on_result, cancel=cancel)
+    report.strategy = "agent-asyncio"
+    report.label = "agent-asyncio" + (f" ({limit} in flight)" if limit else "")
+    return report
+
+
+# --- one entry point for the lab panel and the benchmark --------------------------------------------------
+
+
+def run(strategy: str, prompts: Iterable[str], *, target: Any, workers: int = 3, order: str | None = None,
+        max_tokens: int | None = None, on_result: OnResult | None = None,
+        cancel: threading.Event | None = None) -> RunReport:
+    """Run ``prompts`` against ``target`` (from ``helpers.connect()``) with a strategy named in ``STRATEGIES``.
+
+    Builds the clients the strategy needs, so the timing includes building them once per run.
+    Against a real provider, more than ``target.max_in_flight`` calls at once is refused before any call.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    workers = _check_workers(workers)
+    items = _prompts(prompts)
+    if order is None:
+        order = "completion" if strategy.endswith("-completion") else "input"
+    order = _check_order(order)
+    base = strategy.removesuffix("-completion")
+    cap = getattr(target, "max_in_flight", None)
+    in_flight = len(items) if base.startswith("naive") else (1 if base == "sequential" else workers)
+    if cap is not None and in_flight > cap:
+        raise ValueError(f"{strategy} would put {in_flight} calls in flight against a real provider; the quota "
+                         f"guard allows at most {cap}. Lower workers (or the number of prompts), or use the "
+                         "simulator.")
+    model = target.model
+    if base in ("sequential", "threads", "naive-threads"):
+        with target.client(connections=max(workers, len(items) if base == "naive-threads" else 1)) as client:
+            from .calls import ask
+
+            def call(prompt: str) -> str:
+                return ask(client, model, prompt, max_tokens=max_tokens)
+
+            if base == "sequential":
+                return run_sequential(call, items, on_result=on_result, cancel=cancel)
+            if base == "naive-threads":
+                return run_naive_threads(call, items)
+            return run_threads(call, items, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    if base == "asyncio":
+        async def go_async() -> RunReport:
+            from .calls import ask_async
+
+            async with target.async_client(connections=workers) as client:
+                async def acall(prompt: str) -> str:
+                    return await ask_async(client, model, prompt, max_tokens=max_tokens)
+
+                return await run_async(acall, items, limit=workers, order=order, on_result=on_result, cancel=cancel)
+
+        return run_in_new_loop(go_async())
+    if base == "naive-asyncio":
+        return run_in_new_loop(run_naive_async(target.base_url, model, items, headers=target._headers(),
+                                               max_tokens=max_tokens))
+    from pydantic_ai import Agent
+
+    if base == "agent-threads":
+        return run_agent_threads(lambda: Agent(target.chat_model()), items, workers=workers, order=order,
+                                 on_result=on_result, cancel=cancel)
+
+    async def go_agent() -> RunReport:
+        if base == "agent-max-concurrency":
+            agent = Agent(target.chat_model(), max_concurrency=workers)
+            report = await run_agent_async(agent, items, limit=None, order=order, on_result=on_result, cancel=cancel)
+            report.strategy, report.workers = "agent-max-concurrency", workers
+            report.label = f"agent-max-concurrency ({workers})"
+            return report
+        agent = Agent(target.chat_model())
+        return await run_agent_async(agent, items, limit=workers, order=order, on_result=on_result, cancel=cancel)
+
+    return run_in_new_loop(go_agent())

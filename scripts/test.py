@@ -1,0 +1,35 @@
+"""The README's second command: set up once, then run every check and test (what CI runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from _setup import ROOT, ensure_venv
+
+
+def main() -> int:
+    python = str(ensure_venv())
+    env = dict(os.environ)
+    # Tests must not reach a real provider, whatever the learner's shell has set.
+    for name in ("LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL"):
+        env.pop(name, None)
+    env.pop("MPLBACKEND", None)
+    steps = [
+        ("lint", [python, "-m", "ruff", "check", "helpers", "tests", "lessons", "benchmarks", "scripts"]),
+        ("types", [python, "-m", "mypy", "helpers"]),
+        ("tests and notebooks", [python, "-m", "pytest", "tests", "notebooks", "--nbval",
+                                 "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", *sys.argv[1:]]),
+    ]
+    for name, cmd in steps:
+        print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
+        code = subprocess.call(cmd, cwd=ROOT, env=env)
+        if code != 0:
+            print(f"== {name} failed (exit {code})", flush=True)
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
