@@ -18,8 +18,15 @@ __all__ = ["APIError", "MalformedResponse", "answer_from", "ask", "ask_agent", "
 class APIError(Exception):
     """The endpoint answered with an error (HTTP 4xx/5xx): its status, error code and message."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, type_: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type_: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.status, self.message, self.code, self.type, self.retry_after = status, message, code, type_, retry_after
         label = f"HTTP {status}" + (f" {code}" if code else "")
         super().__init__(f"{label}: {message}")
@@ -63,13 +70,15 @@ def answer_from(response: httpx.Response) -> str:
             message, code, kind = str(error.get("message")), error.get("code"), error.get("type")
         except (ValueError, KeyError, TypeError, AttributeError):
             message, code, kind = response.text[:200] or response.reason_phrase, None, None
-        raise APIError(response.status_code, message, code=code, type_=kind,
-                       retry_after=_retry_after(response.headers))
+        raise APIError(response.status_code, message, code=code, type_=kind, retry_after=_retry_after(response.headers))
     try:
         content = response.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise MalformedResponse(response.status_code, f"the answer is not a chat completion ({exc.__class__.__name__}"
-                                f": {str(exc)[:80]}); body starts {response.text[:60]!r}") from None
+        raise MalformedResponse(
+            response.status_code,
+            f"the answer is not a chat completion ({exc.__class__.__name__}"
+            f": {str(exc)[:80]}); body starts {response.text[:60]!r}",
+        ) from None
     return content if isinstance(content, str) else json.dumps(content)
 
 

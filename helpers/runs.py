@@ -138,8 +138,9 @@ class RunReport:
 
     @property
     def peak_in_flight(self) -> int:
-        events = sorted([(r.start, 1) for r in self.records] + [(r.end, -1) for r in self.records],
-                        key=lambda e: (e[0], e[1]))
+        events = sorted(
+            [(r.start, 1) for r in self.records] + [(r.end, -1) for r in self.records], key=lambda e: (e[0], e[1])
+        )
         peak = now = 0
         for _, step in events:
             now += step
@@ -147,14 +148,23 @@ class RunReport:
         return peak
 
     def summary(self) -> dict[str, Any]:
-        return {"run": self.label, "calls": self.n, "failed": len(self.failures), "wall s": round(self.wall, 3),
-                "sum of latencies s": round(self.sum_of_latencies, 3), "slowest s": round(self.slowest, 3),
-                "speed-up": round(self.speedup, 2), "peak in flight": self.peak_in_flight,
-                "client CPU s": round(self.cpu, 3)}
+        return {
+            "run": self.label,
+            "calls": self.n,
+            "failed": len(self.failures),
+            "wall s": round(self.wall, 3),
+            "sum of latencies s": round(self.sum_of_latencies, 3),
+            "slowest s": round(self.slowest, 3),
+            "speed-up": round(self.speedup, 2),
+            "peak in flight": self.peak_in_flight,
+            "client CPU s": round(self.cpu, 3),
+        }
 
     def __repr__(self) -> str:
-        return (f"<RunReport {self.label}: {self.n} calls, {len(self.failures)} failed, wall {self.wall:.2f} s, "
-                f"sum of latencies {self.sum_of_latencies:.2f} s>")
+        return (
+            f"<RunReport {self.label}: {self.n} calls, {len(self.failures)} failed, wall {self.wall:.2f} s, "
+            f"sum of latencies {self.sum_of_latencies:.2f} s>"
+        )
 
 
 # --- bookkeeping shared by all runners --------------------------------------------------------------------
@@ -168,16 +178,33 @@ class _Clock:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def report(self, strategy: str, records: list[CallRecord], workers: int | None, delivered: list[int],
-               cancelled: bool = False) -> RunReport:
-        return RunReport(strategy, records, self.now(), time.process_time() - self.cpu0, workers,
-                         delivery_order=delivered, cancelled=cancelled)
+    def report(
+        self,
+        strategy: str,
+        records: list[CallRecord],
+        workers: int | None,
+        delivered: list[int],
+        cancelled: bool = False,
+    ) -> RunReport:
+        return RunReport(
+            strategy,
+            records,
+            self.now(),
+            time.process_time() - self.cpu0,
+            workers,
+            delivery_order=delivered,
+            cancelled=cancelled,
+        )
 
 
 def _fill(record: CallRecord, result: Any) -> None:
     if isinstance(result, Answer):
         record.answer, record.attempts, record.waited, record.tokens = (
-            result.text, result.attempts, result.waited, result.tokens)
+            result.text,
+            result.attempts,
+            result.waited,
+            result.tokens,
+        )
     else:
         record.answer = result
 
@@ -244,8 +271,13 @@ def _timed(call: Callable[[str], Any], record: CallRecord, clock: _Clock) -> Cal
     return record
 
 
-def run_sequential(call: Callable[[str], Any], prompts: Iterable[str], *, on_result: OnResult | None = None,
-                   cancel: threading.Event | None = None) -> RunReport:
+def run_sequential(
+    call: Callable[[str], Any],
+    prompts: Iterable[str],
+    *,
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """Call ``call(prompt)`` for each prompt, one after another (lesson 01)."""
     items = _prompts(prompts)
     clock, delivered = _Clock(), []
@@ -269,8 +301,15 @@ def _was_cancelled(cancel: threading.Event | None) -> bool:
     return cancel is not None and cancel.is_set()
 
 
-def run_threads(call: Callable[[str], Any], prompts: Iterable[str], *, workers: int = 3, order: str = "input",
-                on_result: OnResult | None = None, cancel: threading.Event | None = None) -> RunReport:
+def run_threads(
+    call: Callable[[str], Any],
+    prompts: Iterable[str],
+    *,
+    workers: int = 3,
+    order: str = "input",
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """Run ``call(prompt)`` on a ``ThreadPoolExecutor`` with ``workers`` threads (lesson 02).
 
     ``order="input"`` uses ``pool.map``: answers arrive in input order, so a fast answer waits for a slower
@@ -321,8 +360,13 @@ def _wait_or_cancel(future: Future[Any], cancel: threading.Event | None, pool: T
 # --- asyncio ----------------------------------------------------------------------------------------------
 
 
-async def _timed_async(acall: Callable[[str], Awaitable[Any]], record: CallRecord, clock: _Clock,
-                       limit: asyncio.Semaphore | None, slots: list[int]) -> CallRecord:
+async def _timed_async(
+    acall: Callable[[str], Awaitable[Any]],
+    record: CallRecord,
+    clock: _Clock,
+    limit: asyncio.Semaphore | None,
+    slots: list[int],
+) -> CallRecord:
     if limit is not None:
         await limit.acquire()
     slot = slots.pop() if slots else None
@@ -343,9 +387,15 @@ async def _timed_async(acall: Callable[[str], Awaitable[Any]], record: CallRecor
             limit.release()
 
 
-async def run_async(acall: Callable[[str], Awaitable[Any]], prompts: Iterable[str], *, limit: int | None = 3,
-                    order: str = "input", on_result: OnResult | None = None,
-                    cancel: threading.Event | None = None) -> RunReport:
+async def run_async(
+    acall: Callable[[str], Awaitable[Any]],
+    prompts: Iterable[str],
+    *,
+    limit: int | None = 3,
+    order: str = "input",
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """Await ``acall(prompt)`` for every prompt at once, at most ``limit`` in flight (lesson 03).
 
     ``order="input"`` is ``asyncio.gather``: all answers come back together, in input order.
@@ -450,8 +500,15 @@ def run_naive_threads(call: Callable[[str], Any], prompts: Iterable[str]) -> Run
     return clock.report("naive-threads", records, None, [r.index for r in results])
 
 
-async def run_naive_async(base_url: str, model: str, prompts: Iterable[str], *, headers: dict[str, str] | None = None,
-                          timeout: float = 60.0, max_tokens: int | None = None) -> RunReport:
+async def run_naive_async(
+    base_url: str,
+    model: str,
+    prompts: Iterable[str],
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    max_tokens: int | None = None,
+) -> RunReport:
     """A new ``httpx.AsyncClient`` for every call and an unbounded ``gather``: the pattern to avoid (lesson 03)."""
     import httpx
 
@@ -471,9 +528,15 @@ async def run_naive_async(base_url: str, model: str, prompts: Iterable[str], *, 
 # --- pydantic-ai (lesson 04) ------------------------------------------------------------------------------
 
 
-def run_agent_threads(make_agent: Callable[[], Any], prompts: Iterable[str], *, workers: int = 3,
-                      order: str = "input", on_result: OnResult | None = None,
-                      cancel: threading.Event | None = None) -> RunReport:
+def run_agent_threads(
+    make_agent: Callable[[], Any],
+    prompts: Iterable[str],
+    *,
+    workers: int = 3,
+    order: str = "input",
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """``agent.run_sync`` on a thread pool, with one agent per thread (lesson 04).
 
     Each worker thread runs its own event loop, and an agent's HTTP client belongs to the loop that first used
@@ -493,8 +556,15 @@ def run_agent_threads(make_agent: Callable[[], Any], prompts: Iterable[str], *, 
     return report
 
 
-async def run_agent_async(agent: Any, prompts: Iterable[str], *, limit: int | None = 3, order: str = "input",
-                          on_result: OnResult | None = None, cancel: threading.Event | None = None) -> RunReport:
+async def run_agent_async(
+    agent: Any,
+    prompts: Iterable[str],
+    *,
+    limit: int | None = 3,
+    order: str = "input",
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """``await agent.run(prompt)`` for every prompt, at most ``limit`` at once (lesson 04)."""
 
     async def call(prompt: str) -> Any:
@@ -509,9 +579,17 @@ async def run_agent_async(agent: Any, prompts: Iterable[str], *, limit: int | No
 # --- one entry point for the lab panel and the benchmark --------------------------------------------------
 
 
-def run(strategy: str, prompts: Iterable[str], *, target: Any, workers: int = 3, order: str | None = None,
-        max_tokens: int | None = None, on_result: OnResult | None = None,
-        cancel: threading.Event | None = None) -> RunReport:
+def run(
+    strategy: str,
+    prompts: Iterable[str],
+    *,
+    target: Any,
+    workers: int = 3,
+    order: str | None = None,
+    max_tokens: int | None = None,
+    on_result: OnResult | None = None,
+    cancel: threading.Event | None = None,
+) -> RunReport:
     """Run ``prompts`` against ``target`` (from ``helpers.connect()``) with a strategy named in ``STRATEGIES``.
 
     Builds the clients the strategy needs, so the timing includes building them once per run.
@@ -528,9 +606,11 @@ def run(strategy: str, prompts: Iterable[str], *, target: Any, workers: int = 3,
     cap = getattr(target, "max_in_flight", None)
     in_flight = len(items) if base.startswith("naive") else (1 if base == "sequential" else workers)
     if cap is not None and in_flight > cap:
-        raise ValueError(f"{strategy} would put {in_flight} calls in flight against a real provider; the quota "
-                         f"guard allows at most {cap}. Lower workers (or the number of prompts), or use the "
-                         "simulator.")
+        raise ValueError(
+            f"{strategy} would put {in_flight} calls in flight against a real provider; the quota "
+            f"guard allows at most {cap}. Lower workers (or the number of prompts), or use the "
+            "simulator."
+        )
     model = target.model
     if base in ("sequential", "threads", "naive-threads"):
         with target.client(connections=max(workers, len(items) if base == "naive-threads" else 1)) as client:
@@ -545,10 +625,12 @@ def run(strategy: str, prompts: Iterable[str], *, target: Any, workers: int = 3,
                 return run_naive_threads(call, items)
             return run_threads(call, items, workers=workers, order=order, on_result=on_result, cancel=cancel)
     if base == "asyncio":
+
         async def go_async() -> RunReport:
             from .calls import ask_async
 
             async with target.async_client(connections=workers) as client:
+
                 async def acall(prompt: str) -> str:
                     return await ask_async(client, model, prompt, max_tokens=max_tokens)
 
@@ -556,13 +638,15 @@ def run(strategy: str, prompts: Iterable[str], *, target: Any, workers: int = 3,
 
         return run_in_new_loop(go_async())
     if base == "naive-asyncio":
-        return run_in_new_loop(run_naive_async(target.base_url, model, items, headers=target._headers(),
-                                               max_tokens=max_tokens))
+        return run_in_new_loop(
+            run_naive_async(target.base_url, model, items, headers=target._headers(), max_tokens=max_tokens)
+        )
     from pydantic_ai import Agent
 
     if base == "agent-threads":
-        return run_agent_threads(lambda: Agent(target.chat_model()), items, workers=workers, order=order,
-                                 on_result=on_result, cancel=cancel)
+        return run_agent_threads(
+            lambda: Agent(target.chat_model()), items, workers=workers, order=order, on_result=on_result, cancel=cancel
+        )
 
     async def go_agent() -> RunReport:
         if base == "agent-max-concurrency":

@@ -29,8 +29,10 @@ def _fingerprint() -> str:
 def ensure_venv() -> Path:
     """Create .venv and install requirements.txt plus the helpers package, unless that is already done."""
     if sys.version_info < (3, 11):
-        sys.exit(f"The workbook needs Python 3.11 or newer; this is {sys.version.split()[0]}. "
-                 "Run the command with a newer python3.")
+        sys.exit(
+            f"The workbook needs Python 3.11 or newer; this is {sys.version.split()[0]}. "
+            "Run the command with a newer python3."
+        )
     python = venv_python()
     if STAMP.exists() and python.exists() and STAMP.read_text() == _fingerprint():
         return python

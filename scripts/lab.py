@@ -12,13 +12,22 @@ from _setup import ROOT, ensure_venv
 def main() -> int:
     python = ensure_venv()
     if os.environ.get("LLM_BASE_URL"):
-        print(f"LLM_BASE_URL is set: lessons will call {os.environ['LLM_BASE_URL']} "
-              "(at most 3 calls in flight). Unset it to use the built-in simulator.")
+        print(
+            f"LLM_BASE_URL is set: lessons will call {os.environ['LLM_BASE_URL']} "
+            "(at most 3 calls in flight). Unset it to use the built-in simulator."
+        )
     else:
         print("No LLM_BASE_URL set: lessons use the built-in local simulator (no key, no internet needed).")
     print("Opening JupyterLab; start with 00_start_here.ipynb. Stop it with Ctrl+C.", flush=True)
-    args = [str(python), "-m", "jupyter", "lab", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
-            "--ServerApp.ip=127.0.0.1", *sys.argv[1:]]
+    args = [
+        str(python),
+        "-m",
+        "jupyter",
+        "lab",
+        f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+        "--ServerApp.ip=127.0.0.1",
+        *sys.argv[1:],
+    ]
     try:
         return subprocess.call(args, cwd=ROOT)
     except KeyboardInterrupt:

@@ -19,8 +19,20 @@ def main() -> int:
     steps = [
         ("lint", [python, "-m", "ruff", "check", "helpers", "tests", "lessons", "benchmarks", "scripts"]),
         ("types", [python, "-m", "mypy", "helpers"]),
-        ("tests and notebooks", [python, "-m", "pytest", "tests", "notebooks", "--nbval",
-                                 "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", *sys.argv[1:]]),
+        (
+            "tests and notebooks",
+            [
+                python,
+                "-m",
+                "pytest",
+                "tests",
+                "notebooks",
+                "--nbval",
+                "--nbval-sanitize-with",
+                "tests/nbval_sanitize.cfg",
+                *sys.argv[1:],
+            ],
+        ),
     ]
     for name, cmd in steps:
         print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
