@@ -147,6 +147,19 @@ class RunReport:
             peak = max(peak, now)
         return peak
 
+    @property
+    def ideal(self) -> float:
+        """The shortest wall time these calls allow with this many in flight: max(slowest, sum / workers)."""
+        if not self.records:
+            return 0.0
+        width = self.workers or self.n
+        return max(self.slowest, self.sum_of_latencies / max(1, min(width, self.n)))
+
+    @property
+    def efficiency(self) -> float:
+        """Ideal wall time divided by actual wall time: 1.0 means no time lost to overhead or waiting."""
+        return self.ideal / self.wall if self.wall > 0 else 0.0
+
     def summary(self) -> dict[str, Any]:
         return {
             "run": self.label,
@@ -432,12 +445,12 @@ async def run_async(
         for task in tasks:
             task.cancel()
     for record, task in zip(records, tasks, strict=True):
-        if task.cancelled() or (task.done() and not isinstance(task.result(), CallRecord)):
-            if record.error is None and record.answer is None:
-                record.start = record.start or clock.now()
-                record.end = clock.now()
-                record.error = "cancelled"
-                record.worker = record.worker or "-"
+        unfinished = task.cancelled() or (task.done() and not isinstance(task.result(), CallRecord))
+        if unfinished and record.error is None and record.answer is None:
+            record.start = record.start or clock.now()
+            record.end = clock.now()
+            record.error = "cancelled"
+            record.worker = record.worker or "-"
     return clock.report(strategy, records, limit, delivered, _was_cancelled(cancel))
 
 
