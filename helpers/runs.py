@@ -169,6 +169,7 @@ class RunReport:
             "sum of latencies s": round(self.sum_of_latencies, 3),
             "slowest s": round(self.slowest, 3),
             "speed-up": round(self.speedup, 2),
+            "efficiency": round(self.efficiency, 2),
             "peak in flight": self.peak_in_flight,
             "client CPU s": round(self.cpu, 3),
         }
