@@ -29,35 +29,55 @@ if TYPE_CHECKING:
     from .settings import Secret, SetupError, Target, connect
     from .timeline import draw, draw_server, summary_table
 
-_WHERE = {
-    "connect": "settings",
-    "Target": "settings",
-    "Secret": "settings",
-    "SetupError": "settings",
-    "ask": "calls",
-    "ask_async": "calls",
-    "ask_agent": "calls",
-    "APIError": "calls",
-    "MalformedResponse": "calls",
-    "STRATEGIES": "runs",
-    "Answer": "runs",
-    "CallRecord": "runs",
-    "RunReport": "runs",
-    "run": "runs",
-    "run_sequential": "runs",
-    "run_threads": "runs",
-    "run_async": "runs",
-    "run_in_new_loop": "runs",
-    "run_naive_threads": "runs",
-    "run_naive_async": "runs",
-    "run_agent_threads": "runs",
-    "run_agent_async": "runs",
-    "draw": "timeline",
-    "draw_server": "timeline",
-    "summary_table": "timeline",
+_MODULES = {
+    "settings": ["connect", "Target", "Secret", "SetupError"],
+    "calls": ["ask", "ask_async", "ask_agent", "APIError", "MalformedResponse"],
+    "runs": [
+        "STRATEGIES",
+        "Answer",
+        "CallRecord",
+        "RunReport",
+        "run",
+        "run_sequential",
+        "run_threads",
+        "run_async",
+        "run_in_new_loop",
+        "run_naive_threads",
+        "run_naive_async",
+        "run_agent_threads",
+        "run_agent_async",
+    ],
+    "timeline": ["draw", "draw_server", "summary_table"],
 }
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "STRATEGIES",
+    "APIError",
+    "Answer",
+    "CallRecord",
+    "MalformedResponse",
+    "RunReport",
+    "Secret",
+    "SetupError",
+    "Target",
+    "ask",
+    "ask_agent",
+    "ask_async",
+    "connect",
+    "draw",
+    "draw_server",
+    "run",
+    "run_agent_async",
+    "run_agent_threads",
+    "run_async",
+    "run_in_new_loop",
+    "run_naive_async",
+    "run_naive_threads",
+    "run_sequential",
+    "run_threads",
+    "summary_table",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ def main() -> int:
         env.pop(name, None)
     env.pop("MPLBACKEND", None)
     steps = [
-        ("lint", [python, "-m", "ruff", "check", "helpers", "tests", "lessons", "benchmarks", "scripts"]),
+        ("lint", [python, "-m", "ruff", "check", "helpers", "tests", "notebooks", "benchmarks", "scripts"]),
         ("types", [python, "-m", "mypy", "helpers"]),
         (
             "tests and notebooks",
