@@ -84,6 +84,7 @@ _WORDS = (
     "fast slow wait time loop pool worker network reply data step order first next each many one two three "
     "simple clear small large quiet steady light river stone cloud field window garden morning signal"
 ).split()
+_SHORT_WORDS = [w for w in _WORDS if count_tokens(w) == 1]
 _POSITIVE = {"love", "great", "excellent", "good", "happy", "wonderful", "fantastic", "amazing", "best", "like",
              "enjoyed", "perfect", "delighted", "brilliant", "recommend", "fast", "friendly", "helpful"}
 _NEGATIVE = {"hate", "terrible", "awful", "bad", "worst", "broken", "angry", "slow", "poor", "disappointed",
@@ -118,10 +119,12 @@ def filler(rng: random.Random, n_tokens: int) -> str:
     sentence = 0
     while used < n_tokens - 1:
         word = rng.choice(_WORDS)
+        if used + count_tokens(word) > n_tokens - 1:  # a long word would overshoot: a one-token word ends it
+            word = rng.choice(_SHORT_WORDS)
         if sentence == 0:
             word = word.capitalize()
         words.append(word)
-        used += 1
+        used += count_tokens(word)
         sentence += 1
         if sentence >= rng.randint(6, 12) and used < n_tokens - 2:
             words[-1] += "."
