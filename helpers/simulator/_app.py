@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -116,14 +117,15 @@ class State:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.started = time.time()
+        self.in_flight = 0
+        self.serving = 0
         self.reset()
 
     def reset(self) -> None:
+        # Requests still in flight stay counted (they finish later); only the history is forgotten.
         self.number = 0
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.serving = 0
-        self.peak_serving = 0
+        self.peak_in_flight = self.in_flight
+        self.peak_serving = self.serving
         self.accepted = 0
         self.by_status: Counter[str] = Counter()
         self.by_fault: Counter[str] = Counter()
@@ -208,8 +210,17 @@ class _Raw(Response):
         self.status_code = 200
         self.media_type = media_type
         self.length = length
+        # Run once the body is sent (or the connection is gone): the request counts as served until then.
+        self.when_sent: list[Callable[[], None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._send(receive, send)
+        finally:
+            for done in self.when_sent:
+                done()
+
+    async def _send(self, receive: Receive, send: Send) -> None:
         headers = _headers(self.state, self.record, {"content-type": self.media_type})
         if self.media_type == "text/event-stream":
             headers["cache-control"] = "no-cache"
@@ -333,6 +344,9 @@ def _scripted_rate_limit(state: State, record: dict[str, Any], ask: Ask) -> Resp
                "Limit 3, Used 3, Requested 1. Please try again in 1s. Visit "
                "https://platform.openai.com/account/rate-limits to learn more.")
     extra = {"retry-after": "1", "retry-after-ms": "1000"}
+    if not state.rpm:  # the request-limit headers a real 429 carries, matching the message
+        extra |= {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
+                  "x-ratelimit-reset-requests": "1s"}
     return _json(state, record, 429, error_body(message, "requests", "rate_limit_exceeded"), extra)
 
 
@@ -374,15 +388,29 @@ async def _handle(request: Request, api: str) -> Response:
     state.records.append(record)
     state.in_flight += 1
     state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+    response: Response | None = None
     try:
-        return await _serve(request, state, record, api)
+        response = await _serve(request, state, record, api)
+        return response
     finally:
-        state.in_flight -= 1
-        if record["ended"] is None:
-            record["ended"] = time.time()
-        state.by_status[str(record["status"])] += 1
-        if record["fault"]:
-            state.by_fault[record["fault"]] += 1
+        _after(response, lambda: _finished(state, record))
+
+
+def _after(response: Response | None, done: Callable[[], None]) -> None:
+    """Call ``done`` now, or once a response sent piece by piece (a stream) has been sent."""
+    if isinstance(response, _Raw):
+        response.when_sent.append(done)
+    else:
+        done()
+
+
+def _finished(state: State, record: dict[str, Any]) -> None:
+    state.in_flight -= 1
+    if record["ended"] is None:
+        record["ended"] = time.time()
+    state.by_status[str(record["status"])] += 1
+    if record["fault"]:
+        state.by_fault[record["fault"]] += 1
 
 
 def _retry_count(value: str | None) -> int:
@@ -442,17 +470,24 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
         return _scripted_rate_limit(state, record, ask)
     state.accepted += 1
 
-    if state.capacity is not None:
-        await state.capacity.acquire()
+    slots = state.capacity  # kept: a reset or new limits replace state.capacity while this request waits
+    if slots is not None:
+        await slots.acquire()
     state.serving += 1
     state.peak_serving = max(state.peak_serving, state.serving)
     record["started"] = time.time()
-    try:
-        return await _answer(request, state, record, ask, body, api, fault)
-    finally:
+
+    def release() -> None:
         state.serving -= 1
-        if state.capacity is not None:
-            state.capacity.release()
+        if slots is not None:
+            slots.release()
+
+    response: Response | None = None
+    try:
+        response = await _answer(request, state, record, ask, body, api, fault)
+        return response
+    finally:
+        _after(response, release)
 
 
 async def _answer(request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any],
@@ -704,6 +739,8 @@ async def admin_config(request: Request) -> Response:
             changes = json.loads(await request.body() or b"{}")
             if not isinstance(changes, dict):
                 raise ConfigError("send a JSON object of settings to change, e.g. {\"fail_rate\": 0.2}")
+            if "api_key" in changes:
+                raise ConfigError("the API key is fixed when the simulator starts (SIM_API_KEY or --api-key)")
             state.update(changes)
         except json.JSONDecodeError:
             return JSONResponse(error_body("the body must be JSON, e.g. {\"fail_rate\": 0.2}",
