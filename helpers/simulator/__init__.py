@@ -42,7 +42,9 @@ class Simulator:
         self.base_url = base_url.rstrip("/")
         self.api_url = self.base_url + "/v1"
         self._config = config
-        self._admin = httpx.Client(base_url=self.base_url, timeout=10.0)
+        # No idle connections kept: nothing is left open when a Simulator is dropped without stop() (attach()).
+        self._admin = httpx.Client(base_url=self.base_url, timeout=10.0,
+                                   limits=httpx.Limits(max_keepalive_connections=0))
 
     @classmethod
     def attach(cls, base_url: str) -> Simulator:
@@ -64,9 +66,9 @@ class Simulator:
         """Change settings while it runs, e.g. ``sim.configure(fail_rate=0.2, rpm=60)``; returns all settings."""
         if "api_key" in changes:
             raise ConfigError("the API key is fixed when the simulator starts: start(api_key=...)")
-        SimulatorConfig(**{**self._settings(), **changes})  # a clear error before anything is sent
+        new = self._config.updated(changes)  # a clear error (also for unknown names) before anything is sent
         data = self._call("POST", "/admin/config", json=changes)
-        self._config = SimulatorConfig(**{**self._settings(), **changes})
+        self._config = new
         return data
 
     def stats(self, records: bool = True) -> dict[str, Any]:
@@ -101,10 +103,6 @@ class Simulator:
         state = "running" if self.running else "stopped"
         return f"<Simulator {self.base_url} {state} seed={self._config.seed} profile={self._config.profile}>"
 
-    def _settings(self) -> dict[str, Any]:
-        cfg = self._config
-        return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "api_key"} | {"api_key": cfg.api_key}
-
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if not self.running:
             raise SimulatorError("the simulator has stopped; start a new one with helpers.simulator.start()")
@@ -132,38 +130,44 @@ def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
     env.pop("SIM_API_KEY", None)
     if config.api_key:
         env["SIM_API_KEY"] = config.api_key
-    log = tempfile.TemporaryFile()
     cmd = [sys.executable, "-m", "helpers.simulator", "--port", "0", "--exit-with-parent",
            "--config-json", json.dumps(payload)]
     began = time.monotonic()
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
-    line: list[bytes] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline() if process.stdout else b""),
-                              daemon=True)
-    reader.start()
-    reader.join(timeout)
+    # The child's stderr goes to a temporary file, read only to explain a failed start.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+        line: list[bytes] = []
+        reader = threading.Thread(
+            target=lambda: line.append(process.stdout.readline() if process.stdout else b""), daemon=True)
+        reader.start()
+        reader.join(timeout)
 
-    def fail(why: str) -> SimulatorError:
-        process.kill()
-        process.wait()
-        log.seek(0)
-        detail = log.read().decode(errors="replace").strip()[-2000:]
-        return SimulatorError(f"the simulator {why}" + (f":\n{detail}" if detail else ""))
+        def fail(why: str) -> SimulatorError:
+            process.kill()
+            process.wait()
+            reader.join(1.0)  # the pipe is at its end now
+            for pipe in (process.stdin, process.stdout):
+                if pipe:
+                    pipe.close()
+            log.seek(0)
+            detail = log.read().decode(errors="replace").strip()[-2000:]
+            return SimulatorError(f"the simulator {why}" + (f":\n{detail}" if detail else ""))
 
-    if not line or not line[0].startswith(b"READY "):
-        raise fail(f"did not start within {timeout:.0f} s" if not line else "exited while starting")
-    base_url = line[0].decode().split()[1]
-    if process.stdout:
-        process.stdout.close()
-    sim = Simulator(process, base_url, config)
-    while True:
-        try:
-            if sim._admin.get("/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - began > timeout:
-            raise fail(f"did not answer within {timeout:.0f} s")
-        time.sleep(0.02)
+        if not line or not line[0].startswith(b"READY "):
+            raise fail(f"did not start within {timeout:.0f} s" if not line else "exited while starting")
+        base_url = line[0].decode().split()[1]
+        if process.stdout:
+            process.stdout.close()
+        sim = Simulator(process, base_url, config)
+        while True:
+            try:
+                if sim._admin.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - began > timeout:
+                sim._admin.close()
+                raise fail(f"did not answer within {timeout:.0f} s")
+            time.sleep(0.02)
     atexit.register(sim.stop)
     return sim
