@@ -1,0 +1,582 @@
+"""Draw runs as Gantt charts on one time axis, compare them in a table, and show the server's view (lesson 01).
+
+``draw(sequential, threaded, asynchronous)`` puts one panel per run on a shared time axis: one bar per call,
+one lane per worker. A sequential run is a staircase as long as the sum of its latencies; a parallel run is a
+few lanes side by side that end soon after its slowest call. The figures are plain ``matplotlib`` figures
+(no pyplot state), and they show themselves as a PNG when they are the last expression of a notebook cell.
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import io
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from .runs import CallRecord, RunReport
+
+__all__ = ["COLOURS", "MAX_LANES", "Table", "TimelineFigure", "draw", "draw_server", "summary_table"]
+
+# Okabe-Ito: told apart with every common kind of colour blindness.
+COLOURS = {
+    "ok": "#0072B2",  # blue: a call that returned an answer
+    "failed": "#D55E00",  # vermillion: a call that ended in an error
+    "cancelled": "#999999",  # grey: a call that never ran
+    "waiting": "#E69F00",  # orange: time slept before a retry
+    "delivered": "#000000",  # black: the moment the caller got the result
+    "wall": "#555555",  # the end of the run
+    "serving": "#009E73",  # green: requests the server is working on
+    "queued": "#F0E442",  # yellow: requests waiting for a free slot on the server
+}
+
+MAX_LANES = 12
+"""Up to this many workers get a lane each; with more (one task or thread per call) calls are packed."""
+
+# Layout, in inches.
+_LANE = 0.3
+_MAX_PANEL = 4.0
+_MIN_PANEL = 0.45
+_PANEL_TITLE = 0.34
+_GAP = 0.16
+_LEFT, _RIGHT = 1.15, 0.25
+_TOP_LEGEND, _TOP_TITLE, _BOTTOM = 0.42, 0.4, 0.55
+_DPI = 100
+_MAX_LABELS = 80  # with more calls than this, bars carry no text
+
+
+class TimelineFigure(Figure):
+    """A matplotlib ``Figure`` that displays itself as a PNG when it ends a notebook cell (no pyplot needed)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+        return buffer.getvalue()
+
+
+# --- lanes ------------------------------------------------------------------------------------------------
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts thread_2 before thread_10 and slot 2 before slot 10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class _Lanes:
+    of: list[int]  # lane of each record, in record order
+    names: list[str]
+    packed: bool
+
+
+def _lanes(records: Sequence[CallRecord]) -> _Lanes:
+    workers = sorted({r.worker or "?" for r in records}, key=_natural)
+    if len(workers) <= MAX_LANES:
+        where = {w: i for i, w in enumerate(workers)}
+        return _Lanes([where[r.worker or "?"] for r in records], workers, packed=False)
+    # Greedy interval packing: each call goes into the first lane that is free when it starts. This needs
+    # exactly as many lanes as calls were ever in flight at once.
+    ends: list[float] = []
+    of = [0] * len(records)
+    for i in sorted(range(len(records)), key=lambda i: (records[i].start, records[i].index)):
+        record = records[i]
+        lane = next((k for k, end in enumerate(ends) if end <= record.start), len(ends))
+        if lane == len(ends):
+            ends.append(record.end)
+        else:
+            ends[lane] = record.end
+        of[i] = lane
+    return _Lanes(of, [f"lane {k + 1}" for k in range(len(ends))], packed=True)
+
+
+def _worker_kind(names: Sequence[str]) -> str:
+    if names and all(n.startswith("slot") for n in names):
+        return "slots"
+    if names and all(n.startswith("Task") for n in names):
+        return "tasks"
+    if names and all(n.startswith("thread") for n in names):
+        return "threads"
+    return "workers"
+
+
+# --- one panel --------------------------------------------------------------------------------------------
+
+
+def _error_kind(error: str) -> str:
+    """'500', '429', 'timeout', 'cancelled' or the exception's name: what fits on a bar."""
+    status = re.search(r"(?:HTTP|status_code:?|Error code:|status)\s*(\d{3})\b", error)
+    if status:
+        return status.group(1)
+    lower = error.lower()
+    if "cancel" in lower:
+        return "cancelled"
+    if "timeout" in lower or "timed out" in lower:
+        return "timeout"
+    return error.split(":", 1)[0].strip()[:14] or "error"
+
+
+def _segments(record: CallRecord, width: float) -> tuple[list[tuple[float, float]], list[float]]:
+    """Waiting spans and attempt boundaries of a retried call.
+
+    A record holds only its total ``waited`` and number of ``attempts``, so the drawing spreads them evenly:
+    attempt, wait, attempt, ..., with the waiting before the first attempt when there was only one.
+    """
+    attempts, waited = max(1, record.attempts), max(0.0, min(record.waited, width))
+    if attempts == 1:
+        return ([(record.start, waited)] if waited > 0 else []), []
+    busy = (width - waited) / attempts
+    gap = waited / (attempts - 1)
+    waits, bounds, t = [], [], record.start
+    for _ in range(attempts - 1):
+        t += busy
+        if gap > 0:
+            waits.append((t, gap))
+        t += gap
+        bounds.append(t)
+    return waits, bounds
+
+
+def _title(report: RunReport) -> str:
+    parts = [
+        report.label or report.strategy,
+        f"wall {report.wall:.2f} s",
+        f"sum of latencies {report.sum_of_latencies:.2f} s",
+        f"speed-up {report.speedup:.1f}×",
+    ]
+    failed = len(report.failures)
+    if failed:
+        parts.append(f"{failed} failed")
+    if report.cancelled:
+        parts.append("cancelled")
+    return " · ".join(parts)
+
+
+def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delivery: bool, used: set[str]) -> None:
+    """Draw one run into ``ax`` (``inches``: the panel's width and height); add what it shows to ``used``."""
+    records = report.records
+    lanes = _lanes(records)
+    n_lanes = max(1, len(lanes.names))
+    ax.set_ylim(n_lanes - 0.5, -0.5)  # lane 0 at the top
+    ax.set_title(_title(report), loc="left", fontsize=10, pad=4)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    ax.axvline(report.wall, color=COLOURS["wall"], linestyle="--", linewidth=1.2, zorder=4)
+    ax.annotate(
+        f" wall {report.wall:.2f} s",
+        (report.wall, 1.0),
+        xycoords=("data", "axes fraction"),
+        va="top",
+        ha="left",
+        fontsize=8,
+        color=COLOURS["wall"],
+    )
+    if not records:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no calls in this run", transform=ax.transAxes, ha="center", va="center", color="#777777")
+        return
+
+    # Pixels per lane and per second decide what fits.
+    lane_px = inches[1] * _DPI / n_lanes
+    px_per_s = inches[0] * _DPI / ax.get_xlim()[1]
+    height = 0.72 if lane_px >= 8 else 0.9
+    min_width = 5 / px_per_s  # a call that took (almost) no time is still a visible sliver
+
+    verts, colours, edges = [], [], []
+    for record, lane in zip(records, lanes.of, strict=True):
+        x0, x1 = record.start, record.end
+        if x1 - x0 < min_width:  # widen to the left: the next call in the lane starts after this one ended
+            x0 = x1 - min_width
+        y0, y1 = lane - height / 2, lane + height / 2
+        verts.append([(x0, y0), (x0, y1), (x1, y1), (x1, y0)])
+        edges.append((1.0 if (x1 - x0) * px_per_s >= 8 else 0.6) if lane_px >= 8 else 0.0)
+        if record.ok:
+            colours.append(COLOURS["ok"])
+        else:
+            kind = "cancelled" if _error_kind(record.error or "") == "cancelled" else "failed"
+            colours.append(COLOURS[kind])
+            used.add(kind)
+    bars = PolyCollection(verts, facecolors=colours, edgecolors="white", linewidths=edges)
+    bars.set_gid("calls")
+    bars.set_zorder(2)
+    ax.add_collection(bars)
+
+    # Retries: hatched waiting, orange ticks between attempts.
+    waits, ticks = [], []
+    for record, lane in zip(records, lanes.of, strict=True):
+        if record.attempts <= 1 and record.waited <= 0:
+            continue
+        spans, bounds = _segments(record, record.latency)
+        for x, w in spans:
+            waits.append(
+                [(x, lane - height / 2), (x, lane + height / 2), (x + w, lane + height / 2), (x + w, lane - height / 2)]
+            )
+        ticks += [[(b, lane - height / 2), (b, lane + height / 2)] for b in bounds]
+    if waits:
+        used.add("waiting")
+        patches = PolyCollection(
+            waits, facecolors="#FFF1CC", edgecolors=COLOURS["waiting"], hatch="////", linewidths=0.6
+        )
+        patches.set_gid("waits")
+        patches.set_zorder(3)
+        ax.add_collection(patches)
+    if ticks:
+        used.add("attempts")
+        lines = LineCollection(ticks, colors=COLOURS["waiting"], linewidths=2.5, zorder=3)
+        lines.set_gid("attempts")
+        ax.add_collection(lines)
+
+    # The moment each result reached the caller; a dotted line where it was ready but held back.
+    if show_delivery:
+        got = [(r.delivered, lane) for r, lane in zip(records, lanes.of, strict=True) if r.delivered is not None]
+        if got:
+            used.add("delivered")
+            xs, ys = zip(*got, strict=True)
+            dots = ax.scatter(
+                xs,
+                ys,
+                s=14 if lane_px >= 8 else 5,
+                color=COLOURS["delivered"],
+                edgecolors="white",
+                linewidths=0.5,
+                zorder=5,
+                marker="o",
+            )
+            dots.set_gid("delivered")
+            # Few calls: a dotted line from each answer to its delivery, to follow them one by one.
+            # Many: only from the last call of each lane, which shows the wait for the end without the noise.
+            few = len(records) <= 100
+            last: dict[int, float] = {}
+            for r, lane in zip(records, lanes.of, strict=True):
+                last[lane] = max(last.get(lane, r.end), r.end)
+            held = [
+                [(r.end, lane), (r.delivered, lane)]
+                for r, lane in zip(records, lanes.of, strict=True)
+                if r.delivered is not None and (r.delivered - r.end) * px_per_s > 6 and (few or r.end >= last[lane])
+            ]
+            if held:
+                used.add("held")
+                wires = LineCollection(
+                    held, colors=COLOURS["delivered"], linestyles=":", linewidths=1.1, alpha=0.7, zorder=4
+                )
+                wires.set_gid("held")
+                ax.add_collection(wires)
+
+    # Labels: the prompt's index, and what went wrong, where there is room.
+    if len(records) <= _MAX_LABELS and lane_px >= 11:
+        for record, lane in zip(records, lanes.of, strict=True):
+            room = record.latency * px_per_s - 6
+            number = f"#{record.index}"
+            if not record.ok:
+                choices = [f"{number} × {_error_kind(record.error or '')}", f"{number} ×", "×"]
+            elif record.attempts > 1:
+                choices = [f"{number} · {record.attempts} tries", number]
+            else:
+                choices = [number]
+            text = next((c for c in choices if len(c) * 6.2 <= room), "")
+            if text:
+                ax.text(
+                    record.start + 4 / px_per_s,
+                    lane,
+                    text,
+                    va="center",
+                    ha="left",
+                    fontsize=8,
+                    color="white",
+                    zorder=6,
+                    clip_on=True,
+                )
+
+    # Lanes: worker names, or a note that calls were packed.
+    kind = _worker_kind(sorted({r.worker for r in records}))
+    if lanes.packed:
+        ax.set_yticks([])
+        workers = len({r.worker for r in records})
+        ax.set_ylabel(
+            f"{workers} {kind},\npacked into\n{n_lanes} lanes",
+            fontsize=8,
+            rotation=0,
+            ha="right",
+            va="center",
+            labelpad=6,
+        )
+    else:
+        ax.set_yticks(range(n_lanes), lanes.names, fontsize=8)
+        ax.tick_params(axis="y", length=0)
+
+
+# --- the figure -------------------------------------------------------------------------------------------
+
+
+def _legend_handles(used: set[str]) -> list[Any]:
+    handles: list[Any] = [Patch(color=COLOURS["ok"], label="one call (#prompt)")]
+    if "failed" in used:
+        handles.append(Patch(color=COLOURS["failed"], label="failed call"))
+    if "cancelled" in used:
+        handles.append(Patch(color=COLOURS["cancelled"], label="never ran"))
+    if "waiting" in used:
+        handles.append(Patch(facecolor="#FFF1CC", edgecolor=COLOURS["waiting"], hatch="////", label="waiting to retry"))
+    if "attempts" in used:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=COLOURS["waiting"],
+                marker="|",
+                linestyle="",
+                markersize=9,
+                markeredgewidth=2.5,
+                label="next attempt",
+            )
+        )
+    if "delivered" in used:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color=COLOURS["delivered"],
+                linestyle="",
+                markersize=5,
+                label="result reaches the caller",
+            )
+        )
+    if "held" in used:
+        handles.append(Line2D([], [], color=COLOURS["delivered"], linestyle=":", label="ready, but held back"))
+    handles.append(Line2D([], [], color=COLOURS["wall"], linestyle="--", label="end of the run (wall time)"))
+    return handles
+
+
+def _panel_height(report: RunReport) -> float:
+    lanes = max(1, len(_lanes(report.records).names)) if report.records else 1
+    return max(_MIN_PANEL, min(_MAX_PANEL, lanes * _LANE))
+
+
+def draw(*reports: RunReport, title: str | None = None, show_delivery: bool = True, width: float = 10) -> Figure:
+    """Draw runs as Gantt charts, one panel each, on one shared time axis (lesson 01).
+
+    One bar per call, one lane per worker (calls are packed into lanes when there are more than
+    ``MAX_LANES`` workers). Failed calls are vermillion; hatching marks time spent waiting to retry; a black
+    dot marks when the caller received each result, with a dotted line when it was ready earlier but held
+    back (``pool.map`` keeps answers in input order; ``gather`` hands everything over at the end).
+    In a panel, the bars are one ``PolyCollection`` (gid ``"calls"``) with one path per record, in index order.
+    """
+    if not reports:
+        raise ValueError("draw() needs at least one RunReport, e.g. draw(sequential, threaded)")
+    for report in reports:
+        if not isinstance(report, RunReport):
+            raise TypeError(f"draw() takes RunReport objects (got {type(report).__name__})")
+    heights = [_panel_height(r) for r in reports]
+    span = max([r.wall for r in reports] + [max((c.end for c in r.records), default=0) for r in reports])
+    span = max(span, 1e-3) * 1.12  # room for the last "wall" note
+    plot_width = width - _LEFT - _RIGHT
+    fig = TimelineFigure(figsize=(width, 1), dpi=_DPI)
+
+    # Draw first, then place: the legend's rows (what the panels show) decide the space on top.
+    used: set[str] = set()
+    axes: list[Axes] = []
+    for report, h in zip(reports, heights, strict=True):
+        ax = fig.add_axes((0, 0, 1, 1), sharex=axes[0] if axes else None)
+        if not axes:
+            ax.set_xlim(0, span)
+        _panel(ax, report, (plot_width, h), show_delivery, used)
+        ax.tick_params(axis="x", labelbottom=False, labelsize=8)
+        axes.append(ax)
+    axes[-1].tick_params(axis="x", labelbottom=True)
+    axes[-1].set_xlabel("seconds since the run started", fontsize=9)
+
+    handles = _legend_handles(used)
+    columns = len(handles) if len(handles) <= 5 else (len(handles) + 1) // 2
+    legend_rows = -(-len(handles) // columns)
+    top = (_TOP_TITLE if title else 0) + _TOP_LEGEND + 0.2 * (legend_rows - 1)
+    total = top + sum(h + _PANEL_TITLE for h in heights) + _GAP * (len(reports) - 1) + _BOTTOM
+    fig.set_size_inches(width, total)
+    y = total - top
+    for ax, h in zip(axes, heights, strict=True):
+        y -= _PANEL_TITLE + h
+        ax.set_position((_LEFT / width, y / total, plot_width / width, h / total))
+        y -= _GAP
+    if title:
+        fig.suptitle(title, x=_LEFT / width, y=1 - 0.08 / total, ha="left", va="top", fontsize=12, fontweight="bold")
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1 - ((_TOP_TITLE if title else 0) + 0.04) / total),
+        ncols=columns,
+        fontsize=8,
+        frameon=False,
+        handlelength=1.6,
+        columnspacing=1.2,
+    )
+    return fig
+
+
+# --- the summary table ------------------------------------------------------------------------------------
+
+COLUMNS = (
+    "run",
+    "calls",
+    "failed",
+    "wall s",
+    "sum of latencies s",
+    "slowest s",
+    "speed-up",
+    "efficiency",
+    "peak in flight",
+)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if column == "speed-up":
+            return f"{value:.1f}×"
+        return f"{value:.2f}"
+    return str(value)
+
+
+@dataclass(repr=False)
+class Table:
+    """Rows of ``RunReport.summary()``: shows as an HTML table in a notebook and as aligned text elsewhere."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: tuple[str, ...] = COLUMNS
+
+    def _cells(self) -> list[list[str]]:
+        return [[_cell(c, row.get(c, "")) for c in self.columns] for row in self.rows]
+
+    def __str__(self) -> str:
+        cells = self._cells()
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
+
+        def line(values: Sequence[str]) -> str:
+            return "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+            )
+
+        return "\n".join([line(self.columns)] + [line(r) for r in cells]).rstrip()
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td style="text-align:{"left" if i == 0 else "right"}">{html.escape(v)}</td>' for i, v in enumerate(r)
+            )
+            + "</tr>"
+            for r in self._cells()
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def summary_table(*reports: RunReport) -> Table:
+    """One row per run: wall time against the sum of latencies, speed-up, failures (lesson 01)."""
+    return Table([{c: r.summary().get(c) for c in COLUMNS} for r in reports])
+
+
+# --- the server's view ------------------------------------------------------------------------------------
+
+
+def _steps(spans: Sequence[tuple[float, float]]) -> tuple[list[float], list[int]]:
+    """Times and counts of a step function: how many spans are open from each time on (ends before starts)."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    xs, ys, now = [0.0], [0], 0
+    for t, step in events:
+        now += step
+        if xs[-1] == t:
+            ys[-1] = now
+        else:
+            xs.append(t)
+            ys.append(now)
+    return xs, ys
+
+
+def _without_blips(xs: list[float], ys: list[int], shortest: float) -> tuple[list[float], list[int]]:
+    """Fill dips shorter than ``shortest``: one request ending a moment before the next is sent.
+
+    Only dips go: every peak stays exactly as it was.
+    """
+    ys = list(ys)
+    for i in range(1, len(ys) - 1):
+        if ys[i] < ys[i - 1] and ys[i] < ys[i + 1] and xs[i + 1] - xs[i] < shortest:
+            ys[i] = min(ys[i - 1], ys[i + 1])
+    keep = [0] + [i for i in range(1, len(ys)) if ys[i] != ys[i - 1]]
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def draw_server(stats: Mapping[str, Any], title: str | None = None, width: float = 10) -> Figure:
+    """What the simulator saw: requests in flight and being served over time (lessons 03-04).
+
+    ``stats`` is ``target.simulator.stats()``. The gap between the two lines is requests waiting in the
+    server's queue for a free slot (its ``capacity``); with pydantic-ai's ``max_concurrency`` the in-flight
+    line itself stays at the limit. Dips shorter than 0.5% of the time axis (a request ending a moment before
+    the next one is sent) are smoothed out; peaks are drawn exactly.
+    """
+    records = [r for r in stats.get("records", []) if r.get("received") is not None]
+    fig = TimelineFigure(figsize=(width, 3.2), dpi=_DPI)
+    ax = fig.add_axes((_LEFT / width, 0.17, 1 - (_LEFT + _RIGHT) / width, 0.62))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="both", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("seconds since the first request", fontsize=9)
+    ax.set_ylabel("requests", fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.suptitle(title or "What the server saw", x=_LEFT / width, y=0.97, ha="left", va="top", fontsize=11)
+    if not records:
+        ax.text(0.5, 0.5, "no requests recorded", transform=ax.transAxes, ha="center", va="center", color="#777777")
+        return fig
+    t0 = min(r["received"] for r in records)
+    last = max(max(r.get(k) or 0 for k in ("received", "started", "ended")) for r in records)
+    flight = [(r["received"] - t0, (r.get("ended") or last) - t0) for r in records]
+    served = [(r["started"] - t0, (r.get("ended") or last) - t0) for r in records if r.get("started") is not None]
+    span = max(end for _, end in flight) or 1e-3
+    fx, fy = _without_blips(*_steps(flight), span / 200)
+    sx, sy = _without_blips(*_steps(served), span / 200)
+    # Both lines on one set of times, so the queue between them can be filled.
+    times = sorted(set(fx) | set(sx))
+    at_f = [_value_at(fx, fy, t) for t in times]
+    at_s = [_value_at(sx, sy, t) for t in times]
+    ax.fill_between(
+        times,
+        at_s,
+        at_f,
+        step="post",
+        color=COLOURS["queued"],
+        alpha=0.6,
+        linewidth=0,
+        label="waiting in the server's queue",
+    )
+    ax.step(
+        fx, fy, where="post", color=COLOURS["ok"], linewidth=1.6, label=f"in flight (peak {max(fy)})", gid="in flight"
+    )
+    ax.step(
+        sx or [0.0],
+        sy or [0],
+        where="post",
+        color=COLOURS["serving"],
+        linewidth=1.6,
+        label=f"being served (peak {max(sy or [0])})",
+        gid="serving",
+    )
+    ax.set_xlim(0, max(fx[-1], 1e-3) * 1.02)
+    ax.set_ylim(0, max(fy) * 1.15 + 0.5)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 1.2), ncols=3, fontsize=8, frameon=False)
+    return fig
+
+
+def _value_at(xs: Sequence[float], ys: Sequence[int], t: float) -> int:
+    i = bisect.bisect_right(xs, t) - 1
+    return ys[i] if i >= 0 else 0
