@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               f"  point the workbook at it:  export LLM_BASE_URL={url}/v1 LLM_MODEL={config.models[0]}"
               + ("  LLM_API_KEY=<the key>" if config.api_key else ""), flush=True)
     started = time.monotonic()
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down cleanly on Ctrl+C, then raises it again
+        server.run(sockets=[sock])
     if not args.exit_with_parent:
         print(f"simulator stopped after {time.monotonic() - started:.0f} s", flush=True)
     return 0
