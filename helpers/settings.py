@@ -155,7 +155,7 @@ def _shared_simulator(settings: dict[str, Any]) -> _simulator.Simulator:
             sim = _default_simulator = _simulator.start(**settings)
             return sim
     sim.reset()
-    defaults = _simulator.SimulatorConfig(**settings).public()
+    defaults = _simulator.SimulatorConfig().updated(settings).public()
     defaults.pop("api_key")
     sim.configure(**defaults)
     return sim

@@ -123,7 +123,7 @@ def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
     ``settings`` are :class:`SimulatorConfig` fields, e.g. ``start(seed=1, latency=0.5, profile="fixed")``.
     Bad settings raise :class:`ConfigError` before anything starts.
     """
-    config = SimulatorConfig(**settings)
+    config = SimulatorConfig().updated(settings)  # unknown names are a ConfigError too
     payload = config.public()
     del payload["api_key"]
     env = dict(os.environ)
