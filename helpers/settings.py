@@ -76,8 +76,10 @@ class Target:
         if self.is_simulator:
             return f"calls go to the built-in LLM simulator at {self.base_url}, model {self.model} (no key needed)"
         key = "with the key from LLM_API_KEY" if self.api_key else "without a key"
-        return (f"calls go to a real provider at {self.base_url}, model {self.model}, {key}; "
-                f"at most {self.max_in_flight} calls in flight")
+        return (
+            f"calls go to a real provider at {self.base_url}, model {self.model}, {key}; "
+            f"at most {self.max_in_flight} calls in flight"
+        )
 
     def __repr__(self) -> str:
         kind = "simulator" if self.is_simulator else "provider"
@@ -95,14 +97,17 @@ class Target:
 
     def client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100) -> httpx.Client:
         """A synchronous ``httpx.Client`` for this target: build it once, share it between threads."""
-        return httpx.Client(base_url=self.base_url, headers=self._headers(), timeout=timeout,
-                            limits=self._limits(connections))
+        return httpx.Client(
+            base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=self._limits(connections)
+        )
 
-    def async_client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-                     connections: int = 100) -> httpx.AsyncClient:
+    def async_client(
+        self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100
+    ) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for this target: build it once per event loop and share it between tasks."""
-        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout,
-                                 limits=self._limits(connections))
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=self._limits(connections)
+        )
 
     def _provider(self) -> Any:
         key = self.api_key.reveal() if self.api_key else "no-key-needed"
@@ -179,17 +184,21 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
 
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SetupError(f"LLM_BASE_URL must be a URL such as https://api.openai.com/v1 or "
-                         f"http://localhost:11434/v1 (got {base_url!r}); unset it to use the built-in simulator.")
+        raise SetupError(
+            f"LLM_BASE_URL must be a URL such as https://api.openai.com/v1 or "
+            f"http://localhost:11434/v1 (got {base_url!r}); unset it to use the built-in simulator."
+        )
     model = env.get("LLM_MODEL", "").strip()
     if not model:
-        raise SetupError("Set LLM_MODEL to a model your endpoint serves, e.g. gpt-4o-mini (OpenAI) or "
-                         "llama3.2 (Ollama).")
+        raise SetupError(
+            "Set LLM_MODEL to a model your endpoint serves, e.g. gpt-4o-mini (OpenAI) or llama3.2 (Ollama)."
+        )
     key_text = env.get("LLM_API_KEY", "").strip()
     local = parts.hostname in _LOCAL_HOSTS
     if not key_text and not local:
-        raise SetupError(f"Set LLM_API_KEY to your API key for {parts.hostname} (it is read from the "
-                         "environment and never printed).")
+        raise SetupError(
+            f"Set LLM_API_KEY to your API key for {parts.hostname} (it is read from the environment and never printed)."
+        )
     target = Target(base_url=base_url.rstrip("/"), model=model, api_key=Secret(key_text) if key_text else None)
     if check:
         target = _check(target)
@@ -203,12 +212,16 @@ def _check(target: Target) -> Target:
         with httpx.Client(timeout=httpx.Timeout(5.0), headers=target._headers()) as client:
             response = client.get(url)
     except httpx.TimeoutException:
-        raise SetupError(f"The LLM endpoint at {target.base_url} did not answer within 5 s; check LLM_BASE_URL "
-                         "and that the server is running, or unset LLM_BASE_URL to use the simulator.") from None
+        raise SetupError(
+            f"The LLM endpoint at {target.base_url} did not answer within 5 s; check LLM_BASE_URL "
+            "and that the server is running, or unset LLM_BASE_URL to use the simulator."
+        ) from None
     except httpx.HTTPError as exc:
         reason = type(exc).__name__ if not str(exc) else str(exc)
-        raise SetupError(f"Cannot reach the LLM endpoint at {target.base_url} ({reason}); start it or fix "
-                         "LLM_BASE_URL, or unset LLM_BASE_URL to use the built-in simulator.") from None
+        raise SetupError(
+            f"Cannot reach the LLM endpoint at {target.base_url} ({reason}); start it or fix "
+            "LLM_BASE_URL, or unset LLM_BASE_URL to use the built-in simulator."
+        ) from None
     if response.status_code in (401, 403):
         what = "rejected LLM_API_KEY" if target.api_key else "needs a key: set LLM_API_KEY"
         raise SetupError(f"The LLM endpoint at {target.base_url} {what} (HTTP {response.status_code}).")

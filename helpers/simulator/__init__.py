@@ -25,7 +25,13 @@ from ._config import FAULT_KINDS, PROFILES, ConfigError, SimulatorConfig
 SIMULATOR_HEADER = "x-llm-simulator"  # every answer carries it, so clients can tell the simulator apart
 
 __all__ = [
-    "FAULT_KINDS", "PROFILES", "SIMULATOR_HEADER", "ConfigError", "Simulator", "SimulatorConfig", "SimulatorError",
+    "FAULT_KINDS",
+    "PROFILES",
+    "SIMULATOR_HEADER",
+    "ConfigError",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorError",
     "start",
 ]
 
@@ -43,8 +49,9 @@ class Simulator:
         self.api_url = self.base_url + "/v1"
         self._config = config
         # No idle connections kept: nothing is left open when a Simulator is dropped without stop() (attach()).
-        self._admin = httpx.Client(base_url=self.base_url, timeout=10.0,
-                                   limits=httpx.Limits(max_keepalive_connections=0))
+        self._admin = httpx.Client(
+            base_url=self.base_url, timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     @classmethod
     def attach(cls, base_url: str) -> Simulator:
@@ -130,15 +137,24 @@ def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
     env.pop("SIM_API_KEY", None)
     if config.api_key:
         env["SIM_API_KEY"] = config.api_key
-    cmd = [sys.executable, "-m", "helpers.simulator", "--port", "0", "--exit-with-parent",
-           "--config-json", json.dumps(payload)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "helpers.simulator",
+        "--port",
+        "0",
+        "--exit-with-parent",
+        "--config-json",
+        json.dumps(payload),
+    ]
     began = time.monotonic()
     # The child's stderr goes to a temporary file, read only to explain a failed start.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
         line: list[bytes] = []
         reader = threading.Thread(
-            target=lambda: line.append(process.stdout.readline() if process.stdout else b""), daemon=True)
+            target=lambda: line.append(process.stdout.readline() if process.stdout else b""), daemon=True
+        )
         reader.start()
         reader.join(timeout)
 

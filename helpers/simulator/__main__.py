@@ -19,7 +19,10 @@ answers POST /v1/chat/completions (also streaming and tool calls), POST /v1/resp
 Point lessons at it with:  LLM_BASE_URL=http://127.0.0.1:PORT/v1  LLM_MODEL=sim-1
 Steer and watch it while it runs: GET /admin/stats, POST /admin/reset, GET/POST /admin/config."""
 
-EPILOG = "fault kinds:\n" + "\n".join(f"  {k:<10} {v}" for k, v in FAULT_HELP.items()) + """
+EPILOG = (
+    "fault kinds:\n"
+    + "\n".join(f"  {k:<10} {v}" for k, v in FAULT_HELP.items())
+    + """
 
 examples:
   python -m helpers.simulator --port 8765
@@ -27,6 +30,7 @@ examples:
   python -m helpers.simulator --port 8765 --rpm 30 --fail-rate 0.2 --fail-kinds 500,429
   python -m helpers.simulator --port 8765 --script 3=429,5=500,7=hang
   SIM_API_KEY=classroom-key python -m helpers.simulator --port 8765   (the key is then required)"""
+)
 
 
 def _script(text: str) -> dict[int, str]:
@@ -40,32 +44,62 @@ def _script(text: str) -> dict[int, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m helpers.simulator", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.simulator",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0 picks a free one; default 8765)")
     p.add_argument("--seed", type=int, default=0, help="seed for answers, latencies and random faults (default 0)")
-    p.add_argument("--latency", type=float, default=None, metavar="SECONDS",
-                   help="base latency of every call; default: time to first token + tokens / speed")
-    p.add_argument("--profile", choices=PROFILES, default="uniform",
-                   help="latency spread: fixed (all equal), uniform (±spread), longtail (some calls 2-5x slower)")
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="base latency of every call; default: time to first token + tokens / speed",
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="uniform",
+        help="latency spread: fixed (all equal), uniform (±spread), longtail (some calls 2-5x slower)",
+    )
     p.add_argument("--spread", type=float, default=0.5, help="width of the uniform profile, 0-0.95 (default 0.5)")
     p.add_argument("--ttft", type=float, default=0.25, metavar="SECONDS", help="time to first token (default 0.25)")
     p.add_argument("--tokens-per-second", type=float, default=50.0, help="generation speed (default 50)")
-    p.add_argument("--capacity", type=int, default=None,
-                   help="requests served at once; the rest wait in a queue (default: no limit)")
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="requests served at once; the rest wait in a queue (default: no limit)",
+    )
     p.add_argument("--rpm", type=int, default=None, help="requests per minute before HTTP 429 (default: no limit)")
     p.add_argument("--tpm", type=int, default=None, help="tokens per minute before HTTP 429 (default: no limit)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests that fail, 0-1 (default 0)")
     p.add_argument("--fail-kinds", default="500", help="comma-separated fault kinds for --fail-rate (default 500)")
-    p.add_argument("--script", type=_script, default={}, metavar="N=KIND,...",
-                   help="faults for given request numbers, e.g. 3=429,5=500,7=hang,8=drop,9=malformed")
+    p.add_argument(
+        "--script",
+        type=_script,
+        default={},
+        metavar="N=KIND,...",
+        help="faults for given request numbers, e.g. 3=429,5=500,7=hang,8=drop,9=malformed",
+    )
     p.add_argument("--hang-seconds", type=float, default=600.0, help="how long a 'hang' lasts (default 600)")
-    p.add_argument("--quota-requests", type=int, default=None,
-                   help="answer insufficient_quota after this many requests (default: no quota)")
+    p.add_argument(
+        "--quota-requests",
+        type=int,
+        default=None,
+        help="answer insufficient_quota after this many requests (default: no quota)",
+    )
     p.add_argument("--models", default="sim-1", help="comma-separated model names served (default sim-1)")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require this key (Authorization: Bearer KEY); prefer SIM_API_KEY in the environment, "
-                        "which keeps the key out of the process list")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require this key (Authorization: Bearer KEY); prefer SIM_API_KEY in the environment, "
+        "which keeps the key out of the process list",
+    )
     p.add_argument("--access-log", action="store_true", help="print one line per request")
     # Used by helpers.simulator.start(): settings as JSON, and exit when the starting process goes away.
     p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
@@ -89,11 +123,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_json:
             settings = json.loads(args.config_json)
         else:
-            settings = dict(seed=args.seed, profile=args.profile, latency=args.latency, ttft=args.ttft,
-                            tokens_per_second=args.tokens_per_second, spread=args.spread,
-                            capacity=args.capacity, rpm=args.rpm, tpm=args.tpm, fail_rate=args.fail_rate,
-                            fail_kinds=args.fail_kinds, script=args.script, hang_seconds=args.hang_seconds,
-                            quota_requests=args.quota_requests, models=tuple(args.models.split(",")))
+            settings = dict(
+                seed=args.seed,
+                profile=args.profile,
+                latency=args.latency,
+                ttft=args.ttft,
+                tokens_per_second=args.tokens_per_second,
+                spread=args.spread,
+                capacity=args.capacity,
+                rpm=args.rpm,
+                tpm=args.tpm,
+                fail_rate=args.fail_rate,
+                fail_kinds=args.fail_kinds,
+                script=args.script,
+                hang_seconds=args.hang_seconds,
+                quota_requests=args.quota_requests,
+                models=tuple(args.models.split(",")),
+            )
         settings["api_key"] = args.api_key or os.environ.get("SIM_API_KEY") or None
         config = SimulatorConfig(**settings)
     except ConfigError as exc:
@@ -110,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock.bind(("127.0.0.1", args.port))
     except OSError as exc:
-        print(f"simulator: cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
-              "choose another --port, or 0 for a free one", file=sys.stderr)
+        print(
+            f"simulator: cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
+            "choose another --port, or 0 for a free one",
+            file=sys.stderr,
+        )
         return 2
     sock.listen(2048)
     port = sock.getsockname()[1]
@@ -121,17 +170,29 @@ def main(argv: list[str] | None = None) -> int:
     from ._app import create_app
 
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log, lifespan="off",
-                                           http="h11", timeout_graceful_shutdown=1, backlog=2048))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=args.access_log,
+            lifespan="off",
+            http="h11",
+            timeout_graceful_shutdown=1,
+            backlog=2048,
+        )
+    )
     url = f"http://127.0.0.1:{port}"
     if args.exit_with_parent:
         threading.Thread(target=_watch_parent, daemon=True).start()
         print(f"READY {url}", flush=True)
         sys.stdout = sys.stderr
     else:
-        print(f"LLM simulator listening on {url}  (seed {config.seed}; stop with Ctrl+C)\n"
-              f"  point the workbook at it:  export LLM_BASE_URL={url}/v1 LLM_MODEL={config.models[0]}"
-              + ("  LLM_API_KEY=<the key>" if config.api_key else ""), flush=True)
+        print(
+            f"LLM simulator listening on {url}  (seed {config.seed}; stop with Ctrl+C)\n"
+            f"  point the workbook at it:  export LLM_BASE_URL={url}/v1 LLM_MODEL={config.models[0]}"
+            + ("  LLM_API_KEY=<the key>" if config.api_key else ""),
+            flush=True,
+        )
     started = time.monotonic()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down cleanly on Ctrl+C, then raises it again
         server.run(sockets=[sock])

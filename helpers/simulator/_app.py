@@ -37,9 +37,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-SERVER_ERROR = error_body(
-    "The server had an error while processing your request. Sorry about that!", "server_error"
-)
+SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")
 OVERLOADED = error_body("The server is overloaded or not ready yet.", "server_error")
 QUOTA = error_body(
     "You exceeded your current quota, please check your plan and billing details. For more information on "
@@ -195,8 +193,9 @@ def _headers(state: State, record: dict[str, Any], extra: dict[str, str] | None 
     return headers
 
 
-def _json(state: State, record: dict[str, Any], status: int, body: Any, extra: dict[str, str] | None = None
-          ) -> Response:
+def _json(
+    state: State, record: dict[str, Any], status: int, body: Any, extra: dict[str, str] | None = None
+) -> Response:
     record["status"] = status
     return JSONResponse(body, status_code=status, headers=_headers(state, record, extra))
 
@@ -204,8 +203,16 @@ def _json(state: State, record: dict[str, Any], status: int, body: Any, extra: d
 class _Raw(Response):
     """A response sent piece by piece with pauses: SSE streams, dropped connections, hangs."""
 
-    def __init__(self, state: State, record: dict[str, Any], pieces: list[tuple[float, bytes]], *,
-                 media_type: str, drop: bool = False, length: int | None = None) -> None:
+    def __init__(
+        self,
+        state: State,
+        record: dict[str, Any],
+        pieces: list[tuple[float, bytes]],
+        *,
+        media_type: str,
+        drop: bool = False,
+        length: int | None = None,
+    ) -> None:
         self.state, self.record, self.pieces, self.drop = state, record, pieces, drop
         self.status_code = 200
         self.media_type = media_type
@@ -227,8 +234,13 @@ class _Raw(Response):
         if self.length is not None:
             headers["content-length"] = str(self.length)
         self.record["status"] = 200
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
         for delay, chunk in self.pieces:
             if await pause(receive, delay):
                 self.record["outcome"] = "client disconnected"
@@ -246,8 +258,16 @@ class _Raw(Response):
 class Ask:
     """The parts of a chat or responses request the simulator acts on."""
 
-    def __init__(self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None,
-                 tools: list[dict[str, Any]], tool_choice: Any, schema: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int | None,
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+        schema: dict[str, Any] | None,
+    ) -> None:
         self.model, self.messages, self.max_tokens = model, messages, max_tokens
         self.tools, self.tool_choice, self.schema = tools, tool_choice, schema
         last_user = [m for m in messages if m.get("role") == "user"]
@@ -308,8 +328,14 @@ def _plan(state: State, ask: Ask) -> dict[str, Any]:
         factor = lat_rng.uniform(2.0, 5.0) if lat_rng.random() < 0.15 else lat_rng.uniform(0.7, 1.3)
     total = base * factor
     first = total * (cfg.ttft / (cfg.ttft + generation)) if cfg.ttft + generation > 0 else 0.0
-    return {"tool": tool, "content": content, "finish": finish, "out_tokens": out_tokens,
-            "total": total, "first": first}
+    return {
+        "tool": tool,
+        "content": content,
+        "finish": finish,
+        "out_tokens": out_tokens,
+        "total": total,
+        "first": first,
+    }
 
 
 def _fault(state: State, record: dict[str, Any], ask: Ask) -> str | None:
@@ -331,30 +357,43 @@ def _rate_limited(state: State, record: dict[str, Any], ask: Ask, kind: str, wai
     label = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
     used = bucket.limit - max(0, math.floor(bucket.level))
     again = "never: the request is larger than the whole limit" if wait == math.inf else f"{wait:.3g}s"
-    message = (f"Rate limit reached for {ask.model} in organization org-simulator on {label}: Limit "
-               f"{bucket.limit}, Used {used}, Requested {requested}. Please try again in {again}. Visit "
-               "https://platform.openai.com/account/rate-limits to learn more.")
+    message = (
+        f"Rate limit reached for {ask.model} in organization org-simulator on {label}: Limit "
+        f"{bucket.limit}, Used {used}, Requested {requested}. Please try again in {again}. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more."
+    )
     wait = 60.0 if wait == math.inf else wait
     extra = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
     return _json(state, record, 429, error_body(message, kind, "rate_limit_exceeded"), extra)
 
 
 def _scripted_rate_limit(state: State, record: dict[str, Any], ask: Ask) -> Response:
-    message = (f"Rate limit reached for {ask.model} in organization org-simulator on requests per min (RPM): "
-               "Limit 3, Used 3, Requested 1. Please try again in 1s. Visit "
-               "https://platform.openai.com/account/rate-limits to learn more.")
+    message = (
+        f"Rate limit reached for {ask.model} in organization org-simulator on requests per min (RPM): "
+        "Limit 3, Used 3, Requested 1. Please try again in 1s. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more."
+    )
     extra = {"retry-after": "1", "retry-after-ms": "1000"}
     if not state.rpm:  # the request-limit headers a real 429 carries, matching the message
-        extra |= {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
-                  "x-ratelimit-reset-requests": "1s"}
+        extra |= {
+            "x-ratelimit-limit-requests": "3",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1s",
+        }
     return _json(state, record, 429, error_body(message, "requests", "rate_limit_exceeded"), extra)
 
 
 # --- endpoints --------------------------------------------------------------------------------------------
 
 
-def _bad(state: State, record: dict[str, Any], message: str, param: str | None = None, status: int = 400,
-         code: str | None = None) -> Response:
+def _bad(
+    state: State,
+    record: dict[str, Any],
+    message: str,
+    param: str | None = None,
+    status: int = 400,
+    code: str | None = None,
+) -> Response:
     return _json(state, record, status, error_body(message, "invalid_request_error", code, param))
 
 
@@ -364,12 +403,22 @@ def _auth(state: State, request: Request, record: dict[str, Any]) -> Response | 
         return None
     given = request.headers.get("authorization", "")
     if not given:
-        return _bad(state, record, "You didn't provide an API key. You need to provide your API key in an "
-                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", status=401)
+        return _bad(
+            state,
+            record,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            status=401,
+        )
     if given != f"Bearer {key}":
         # Unlike some providers, never echo any part of the key back.
-        return _bad(state, record, "Incorrect API key provided. Check the key you set (LLM_API_KEY).",
-                    status=401, code="invalid_api_key")
+        return _bad(
+            state,
+            record,
+            "Incorrect API key provided. Check the key you set (LLM_API_KEY).",
+            status=401,
+            code="invalid_api_key",
+        )
     return None
 
 
@@ -377,11 +426,22 @@ async def _handle(request: Request, api: str) -> Response:
     state: State = request.app.state.sim
     state.number += 1
     record: dict[str, Any] = {
-        "n": state.number, "id": f"req_{state.config.seed & 0xFFFF:04x}{state.number:08d}", "path": api,
-        "model": None, "prompt": None, "stream": False, "received": time.time(), "started": None,
-        "ended": None, "status": None, "fault": None, "outcome": None,
+        "n": state.number,
+        "id": f"req_{state.config.seed & 0xFFFF:04x}{state.number:08d}",
+        "path": api,
+        "model": None,
+        "prompt": None,
+        "stream": False,
+        "received": time.time(),
+        "started": None,
+        "ended": None,
+        "status": None,
+        "fault": None,
+        "outcome": None,
         "retry": _retry_count(request.headers.get("x-stainless-retry-count")),
-        "prompt_tokens": 0, "completion_tokens": 0, "planned_latency": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "planned_latency": None,
     }
     if record["retry"] > 0:
         state.retries_seen += 1
@@ -430,8 +490,12 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
         if not isinstance(body, dict):
             raise ValueError
     except ValueError:
-        return _bad(state, record, "We could not parse the JSON body of your request. (HINT: This likely means "
-                    "you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
+        return _bad(
+            state,
+            record,
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        )
     parsed = _parse_chat(body) if api == "chat" else _parse_responses(body)
     if isinstance(parsed, str):
         return _bad(state, record, parsed)
@@ -440,12 +504,21 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
     record["stream"] = bool(body.get("stream"))
     record["prompt_tokens"] = ask.prompt_tokens
     if ask.model not in state.config.models:
-        return _bad(state, record, f"The model `{ask.model}` does not exist or you do not have access to it. "
-                    f"This simulator serves: {', '.join(state.config.models)}.", status=404,
-                    code="model_not_found")
+        return _bad(
+            state,
+            record,
+            f"The model `{ask.model}` does not exist or you do not have access to it. "
+            f"This simulator serves: {', '.join(state.config.models)}.",
+            status=404,
+            code="model_not_found",
+        )
     if record["stream"] and api == "responses":
-        return _bad(state, record, "This simulator answers /v1/responses without streaming only; "
-                    "use /v1/chat/completions for streaming.", param="stream")
+        return _bad(
+            state,
+            record,
+            "This simulator answers /v1/responses without streaming only; use /v1/chat/completions for streaming.",
+            param="stream",
+        )
 
     # Rate limits first, as a provider's gateway would.
     if state.rpm and (wait := state.rpm.wait_for(1)) > 0:
@@ -490,16 +563,16 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
         _after(response, release)
 
 
-async def _answer(request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any],
-                  api: str, fault: str | None) -> Response:
+async def _answer(
+    request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any], api: str, fault: str | None
+) -> Response:
     plan = _plan(state, ask)
     record["planned_latency"] = round(plan["total"], 6)
     receive = request.receive
     if fault == "hang":
         await pause(receive, state.config.hang_seconds)
         record["outcome"] = "hung until the client gave up"
-        return _json(state, record, 504, error_body("Gateway timeout (the simulator hung on purpose).",
-                                                     "server_error"))
+        return _json(state, record, 504, error_body("Gateway timeout (the simulator hung on purpose).", "server_error"))
     if fault in ("500", "503"):
         if await pause(receive, plan["first"]):
             record["status"] = 499
@@ -522,11 +595,13 @@ async def _answer(request: Request, state: State, record: dict[str, Any], ask: A
     data = json.dumps(payload).encode()
     if fault == "malformed":
         record["outcome"] = "malformed body sent"
-        return _Raw(state, record, [(0.0, data[: len(data) // 2] + b"<!-- truncated -->")],
-                    media_type="application/json")
+        return _Raw(
+            state, record, [(0.0, data[: len(data) // 2] + b"<!-- truncated -->")], media_type="application/json"
+        )
     if fault == "drop":
-        return _Raw(state, record, [(0.0, data[: len(data) // 2])], media_type="application/json",
-                    drop=True, length=len(data))
+        return _Raw(
+            state, record, [(0.0, data[: len(data) // 2])], media_type="application/json", drop=True, length=len(data)
+        )
     record["outcome"] = "answered"
     return _json(state, record, 200, payload)
 
@@ -536,35 +611,54 @@ def _completion_id(state: State, index: int, prefix: str) -> str:
 
 
 def _usage(ask: Ask, plan: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt_tokens": ask.prompt_tokens, "completion_tokens": plan["out_tokens"],
-            "total_tokens": ask.prompt_tokens + plan["out_tokens"]}
+    return {
+        "prompt_tokens": ask.prompt_tokens,
+        "completion_tokens": plan["out_tokens"],
+        "total_tokens": ask.prompt_tokens + plan["out_tokens"],
+    }
 
 
 def _tool_call(state: State, plan: dict[str, Any], index: int) -> dict[str, Any]:
-    return {"id": f"call_sim{index:08d}", "type": "function",
-            "function": {"name": plan["tool"]["name"], "arguments": plan["content"]}}
+    return {
+        "id": f"call_sim{index:08d}",
+        "type": "function",
+        "function": {"name": plan["tool"]["name"], "arguments": plan["content"]},
+    }
 
 
 def _chat_body(state: State, ask: Ask, plan: dict[str, Any], index: int) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None if plan["tool"] else plan["content"],
-                               "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if plan["tool"] else plan["content"],
+        "refusal": None,
+    }
     if plan["tool"]:
         message["tool_calls"] = [_tool_call(state, plan, index)]
     return {
-        "id": _completion_id(state, index, "chatcmpl"), "object": "chat.completion", "created": int(time.time()),
-        "model": ask.model, "system_fingerprint": "fp_simulator",
+        "id": _completion_id(state, index, "chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ask.model,
+        "system_fingerprint": "fp_simulator",
         "choices": [{"index": 0, "message": message, "finish_reason": plan["finish"], "logprobs": None}],
         "usage": _usage(ask, plan),
     }
 
 
-def _chat_stream(state: State, ask: Ask, plan: dict[str, Any], index: int, include_usage: bool,
-                 fault: str | None) -> list[tuple[float, bytes]]:
+def _chat_stream(
+    state: State, ask: Ask, plan: dict[str, Any], index: int, include_usage: bool, fault: str | None
+) -> list[tuple[float, bytes]]:
     ident, created = _completion_id(state, index, "chatcmpl"), int(time.time())
 
     def event(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        chunk: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                                 "model": ask.model, "system_fingerprint": "fp_simulator", "choices": choices}
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": ask.model,
+            "system_fingerprint": "fp_simulator",
+            "choices": choices,
+        }
         if include_usage:
             chunk["usage"] = usage
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
@@ -579,15 +673,16 @@ def _chat_stream(state: State, ask: Ask, plan: dict[str, Any], index: int, inclu
         args = call["function"].pop("arguments")
         call["function"]["arguments"] = ""
         pieces.append((0.0, event(delta({"tool_calls": [{"index": 0, **call}]}))))
-        parts = [args[i: i + 16] for i in range(0, len(args), 16)] or [""]
+        parts = [args[i : i + 16] for i in range(0, len(args), 16)] or [""]
         for part in parts:
-            pieces.append((rest / len(parts), event(delta({"tool_calls": [
-                {"index": 0, "function": {"arguments": part}}]}))))
+            pieces.append(
+                (rest / len(parts), event(delta({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})))
+            )
     else:
         words = [w for w in plan["content"].split(" ")]
         # At most 50 events per answer: long answers send several words per event.
         group = max(1, math.ceil(len(words) / 50))
-        groups = [" ".join(words[i: i + group]) for i in range(0, len(words), group)]
+        groups = [" ".join(words[i : i + group]) for i in range(0, len(words), group)]
         for i, text in enumerate(groups):
             piece = text if i == len(groups) - 1 else text + " "
             pieces.append((rest / len(groups), event(delta({"content": piece}))))
@@ -605,24 +700,50 @@ def _chat_stream(state: State, ask: Ask, plan: dict[str, Any], index: int, inclu
 
 def _responses_body(state: State, ask: Ask, plan: dict[str, Any], index: int) -> dict[str, Any]:
     if plan["tool"]:
-        output: list[dict[str, Any]] = [{
-            "type": "function_call", "id": f"fc_sim{index:08d}", "call_id": f"call_sim{index:08d}",
-            "name": plan["tool"]["name"], "arguments": plan["content"], "status": "completed"}]
+        output: list[dict[str, Any]] = [
+            {
+                "type": "function_call",
+                "id": f"fc_sim{index:08d}",
+                "call_id": f"call_sim{index:08d}",
+                "name": plan["tool"]["name"],
+                "arguments": plan["content"],
+                "status": "completed",
+            }
+        ]
     else:
-        output = [{"type": "message", "id": f"msg_sim{index:08d}", "status": "completed", "role": "assistant",
-                   "content": [{"type": "output_text", "text": plan["content"], "annotations": [],
-                                "logprobs": []}]}]
+        output = [
+            {
+                "type": "message",
+                "id": f"msg_sim{index:08d}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": plan["content"], "annotations": [], "logprobs": []}],
+            }
+        ]
     incomplete = plan["finish"] == "length"
     return {
-        "id": _completion_id(state, index, "resp"), "object": "response", "created_at": int(time.time()),
-        "status": "incomplete" if incomplete else "completed", "model": ask.model, "output": output,
+        "id": _completion_id(state, index, "resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed",
+        "model": ask.model,
+        "output": output,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-        "error": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
-        "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": [],
-        "usage": {"input_tokens": ask.prompt_tokens, "output_tokens": plan["out_tokens"],
-                  "total_tokens": ask.prompt_tokens + plan["out_tokens"],
-                  "input_tokens_details": {"cached_tokens": 0},
-                  "output_tokens_details": {"reasoning_tokens": 0}},
+        "error": None,
+        "instructions": None,
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": ask.prompt_tokens,
+            "output_tokens": plan["out_tokens"],
+            "total_tokens": ask.prompt_tokens + plan["out_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
     }
 
 
@@ -651,8 +772,10 @@ def _parse_chat(body: dict[str, Any]) -> Ask | str:
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = {t.get("function", {}).get("name") or t.get("name")
-                   for t in (choice.get("allowed_tools") or {}).get("tools", [])}
+        allowed = {
+            t.get("function", {}).get("name") or t.get("name")
+            for t in (choice.get("allowed_tools") or {}).get("tools", [])
+        }
         tools = [t for t in tools if t["name"] in allowed] or tools
         choice = (choice.get("allowed_tools") or {}).get("mode", "auto")
     return Ask(model=model, messages=messages, max_tokens=limit, tools=tools, tool_choice=choice, schema=schema)
@@ -675,9 +798,13 @@ def _parse_responses(body: dict[str, Any]) -> Ask | str:
             if item.get("type") == "function_call_output":
                 messages.append({"role": "tool", "content": str(item.get("output", ""))})
             elif item.get("type") == "function_call":
-                messages.append({"role": "assistant", "content": "",
-                                 "tool_calls": [{"function": {"name": item.get("name"),
-                                                              "arguments": item.get("arguments")}}]})
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"function": {"name": item.get("name"), "arguments": item.get("arguments")}}],
+                    }
+                )
             elif "role" in item:
                 messages.append({"role": item["role"], "content": _text.message_text(item.get("content"))})
     if not any(m["role"] in ("user", "tool") for m in messages):
@@ -685,14 +812,23 @@ def _parse_responses(body: dict[str, Any]) -> Ask | str:
     limit = _max_tokens(body.get("max_output_tokens"), "max_output_tokens")
     if isinstance(limit, str):
         return limit
-    tools = [{"name": t["name"], "parameters": t.get("parameters") or {}}
-             for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    tools = [
+        {"name": t["name"], "parameters": t.get("parameters") or {}}
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and t.get("type") == "function"
+    ]
     schema = None
     fmt = (body.get("text") or {}).get("format") or {}
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = fmt.get("schema") or {}
-    return Ask(model=model, messages=messages, max_tokens=limit, tools=tools,
-               tool_choice=body.get("tool_choice"), schema=schema)
+    return Ask(
+        model=model,
+        messages=messages,
+        max_tokens=limit,
+        tools=tools,
+        tool_choice=body.get("tool_choice"),
+        schema=schema,
+    )
 
 
 async def chat_completions(request: Request) -> Response:
@@ -709,15 +845,19 @@ async def models(request: Request) -> Response:
     denied = _auth(state, request, dict(record))
     if denied:
         return denied
-    data = [{"id": m, "object": "model", "created": int(state.started), "owned_by": "simulator"}
-            for m in state.config.models]
+    data = [
+        {"id": m, "object": "model", "created": int(state.started), "owned_by": "simulator"}
+        for m in state.config.models
+    ]
     return JSONResponse({"object": "list", "data": data}, headers=_headers(state, record))
 
 
 async def health(request: Request) -> Response:
     state: State = request.app.state.sim
-    return JSONResponse({"status": "ok", "simulator": "helpers.simulator", "version": VERSION,
-                         "models": list(state.config.models)}, headers={SIMULATOR_HEADER: "helpers.simulator"})
+    return JSONResponse(
+        {"status": "ok", "simulator": "helpers.simulator", "version": VERSION, "models": list(state.config.models)},
+        headers={SIMULATOR_HEADER: "helpers.simulator"},
+    )
 
 
 async def admin_stats(request: Request) -> Response:
@@ -738,13 +878,14 @@ async def admin_config(request: Request) -> Response:
         try:
             changes = json.loads(await request.body() or b"{}")
             if not isinstance(changes, dict):
-                raise ConfigError("send a JSON object of settings to change, e.g. {\"fail_rate\": 0.2}")
+                raise ConfigError('send a JSON object of settings to change, e.g. {"fail_rate": 0.2}')
             if "api_key" in changes:
                 raise ConfigError("the API key is fixed when the simulator starts (SIM_API_KEY or --api-key)")
             state.update(changes)
         except json.JSONDecodeError:
-            return JSONResponse(error_body("the body must be JSON, e.g. {\"fail_rate\": 0.2}",
-                                           "invalid_request_error"), status_code=400)
+            return JSONResponse(
+                error_body('the body must be JSON, e.g. {"fail_rate": 0.2}', "invalid_request_error"), status_code=400
+            )
         except (ConfigError, TypeError) as exc:
             return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
     return JSONResponse(state.config.public())
@@ -752,15 +893,17 @@ async def admin_config(request: Request) -> Response:
 
 def create_app(config: SimulatorConfig | None = None) -> Starlette:
     """The simulator as an ASGI app (served by uvicorn in its own process; see ``helpers.simulator``)."""
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/admin/stats", admin_stats, methods=["GET"]),
-        Route("/admin/reset", admin_reset, methods=["POST"]),
-        Route("/admin/config", admin_config, methods=["GET", "POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/admin/stats", admin_stats, methods=["GET"]),
+            Route("/admin/reset", admin_reset, methods=["POST"]),
+            Route("/admin/config", admin_config, methods=["GET", "POST"]),
+        ]
+    )
     app.state.sim = State(config or SimulatorConfig())
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     return app

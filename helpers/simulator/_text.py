@@ -73,22 +73,61 @@ _FACTS: list[tuple[re.Pattern[str], str]] = [
         (r"speed of light", "about 299,792 km/s"),
         (r"explain ai in one sentence", "AI is software that learns patterns from data to make predictions."),
         (r"short joke", "I told my computer a joke about UDP, but I'm not sure it got it."),
-        (r"hamlet", "Prince Hamlet feigns madness to avenge his father's murder by his uncle, and nearly "
-                    "everyone dies."),
+        (
+            r"hamlet",
+            "Prince Hamlet feigns madness to avenge his father's murder by his uncle, and nearly everyone dies.",
+        ),
     ]
 ]
 _REPLY = re.compile(r"^\s*reply\s*(?:with)?\s*:\s*(.+?)\s*$", re.I | re.M)
 _ARITHMETIC = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x×])\s*(-?\d+(?:\.\d+)?)")
-_WORDS = (
+_WORDS = (  # noqa: SIM905 (a paragraph of words reads better than a 50-item list)
     "the a model answer token request server client thread task queue latency call batch prompt result "
     "fast slow wait time loop pool worker network reply data step order first next each many one two three "
     "simple clear small large quiet steady light river stone cloud field window garden morning signal"
 ).split()
 _SHORT_WORDS = [w for w in _WORDS if count_tokens(w) == 1]
-_POSITIVE = {"love", "great", "excellent", "good", "happy", "wonderful", "fantastic", "amazing", "best", "like",
-             "enjoyed", "perfect", "delighted", "brilliant", "recommend", "fast", "friendly", "helpful"}
-_NEGATIVE = {"hate", "terrible", "awful", "bad", "worst", "broken", "angry", "slow", "poor", "disappointed",
-             "refund", "useless", "rude", "late", "never", "crashed", "crash", "horrible", "wrong"}
+_POSITIVE = {
+    "love",
+    "great",
+    "excellent",
+    "good",
+    "happy",
+    "wonderful",
+    "fantastic",
+    "amazing",
+    "best",
+    "like",
+    "enjoyed",
+    "perfect",
+    "delighted",
+    "brilliant",
+    "recommend",
+    "fast",
+    "friendly",
+    "helpful",
+}
+_NEGATIVE = {
+    "hate",
+    "terrible",
+    "awful",
+    "bad",
+    "worst",
+    "broken",
+    "angry",
+    "slow",
+    "poor",
+    "disappointed",
+    "refund",
+    "useless",
+    "rude",
+    "late",
+    "never",
+    "crashed",
+    "crash",
+    "horrible",
+    "wrong",
+}
 
 
 def rule_answer(prompt: str) -> str | None:
@@ -157,8 +196,9 @@ def sentiment(text: str) -> str | None:
     return None
 
 
-def value_for_schema(schema: dict[str, Any], prompt: str, rng: random.Random, root: dict[str, Any] | None = None,
-                     name: str = "") -> Any:
+def value_for_schema(
+    schema: dict[str, Any], prompt: str, rng: random.Random, root: dict[str, Any] | None = None, name: str = ""
+) -> Any:
     """A value that validates against a JSON schema, chosen from the prompt where it can be."""
     root = root or schema
     if "$ref" in schema:
