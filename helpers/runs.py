@@ -554,20 +554,47 @@ def run_agent_threads(
     """``agent.run_sync`` on a thread pool, with one agent per thread (lesson 04).
 
     Each worker thread runs its own event loop, and an agent's HTTP client belongs to the loop that first used
-    it; so each thread builds its own agent with ``make_agent()`` (kept in a ``threading.local``).
+    it; so each thread builds its own agent with ``make_agent()`` (kept in a ``threading.local``). The loops are
+    made here rather than left to ``run_sync``, so that the agents' clients and the loops are closed at the end.
     """
     local = threading.local()
+    loops: list[asyncio.AbstractEventLoop] = []
+    entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
 
     def call(prompt: str) -> Any:
         agent = getattr(local, "agent", None)
         if agent is None:
-            agent = local.agent = make_agent()
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
+            loops.append(loop)
+            agent = make_agent()
+            if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
+                loop.run_until_complete(agent.__aenter__())
+                entered.append((loop, agent))
+            local.agent = agent
         return agent.run_sync(prompt).output
 
-    report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    try:
+        report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    finally:
+        # The pool's threads have ended; the caller's thread may be running a loop of its own (Jupyter's).
+        closer = threading.Thread(target=_close_loops, args=(loops, entered), name="agent-cleanup")
+        closer.start()
+        closer.join()
     report.strategy = "agent-threads"
     report.label = f"agent-threads ({workers} workers)"
     return report
+
+
+def _close_loops(loops: list[asyncio.AbstractEventLoop], entered: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
+    """Leave the agents (closing their HTTP clients) on the loops they used, then close those loops."""
+    try:
+        for loop, agent in entered:
+            loop.run_until_complete(agent.__aexit__(None, None, None))
+    finally:
+        for loop in loops:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
 
 async def run_agent_async(
@@ -663,13 +690,16 @@ def run(
         )
 
     async def go_agent() -> RunReport:
+        # Entered, so that leaving it closes its HTTP client before this run's event loop ends.
         if base == "agent-max-concurrency":
-            agent = Agent(target.chat_model(), max_concurrency=workers)
-            report = await run_agent_async(agent, items, limit=None, order=order, on_result=on_result, cancel=cancel)
+            async with Agent(target.chat_model(), max_concurrency=workers) as agent:
+                report = await run_agent_async(
+                    agent, items, limit=None, order=order, on_result=on_result, cancel=cancel
+                )
             report.strategy, report.workers = "agent-max-concurrency", workers
             report.label = f"agent-max-concurrency ({workers})"
             return report
-        agent = Agent(target.chat_model())
-        return await run_agent_async(agent, items, limit=workers, order=order, on_result=on_result, cancel=cancel)
+        async with Agent(target.chat_model()) as agent:
+            return await run_agent_async(agent, items, limit=workers, order=order, on_result=on_result, cancel=cancel)
 
     return run_in_new_loop(go_agent())
