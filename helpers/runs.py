@@ -335,10 +335,10 @@ def run_threads(
     records = [CallRecord(i, p) for i, p in enumerate(items)]
     strategy = "threads" if order == "input" else "threads-completion"
 
-    def task(record: CallRecord) -> CallRecord:
+    def task(record: CallRecord) -> CallRecord | None:
         if cancel is not None and cancel.is_set():
             _cancelled(record, clock)
-            return record
+            return None  # not delivered, like the calls the pool drops
         return _timed(call, record, clock)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread") as pool:
@@ -347,9 +347,9 @@ def run_threads(
         try:
             for future in stream:
                 _wait_or_cancel(future, cancel, pool)
-                if future.cancelled():
-                    continue
-                _deliver(future.result(), clock, delivered, on_result)
+                done = None if future.cancelled() else future.result()
+                if done is not None:
+                    _deliver(done, clock, delivered, on_result)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     for record, future in zip(records, futures, strict=True):
@@ -380,11 +380,15 @@ async def _timed_async(
     clock: _Clock,
     limit: asyncio.Semaphore | None,
     slots: list[int],
+    cancel: threading.Event | None,
 ) -> CallRecord:
     if limit is not None:
         await limit.acquire()
     slot = slots.pop() if slots else None
     try:
+        if cancel is not None and cancel.is_set():  # a call not started yet never starts once cancelled
+            _cancelled(record, clock)
+            raise asyncio.CancelledError
         task = asyncio.current_task()
         record.worker = f"slot {slot}" if slot is not None else (task.get_name() if task else "task")
         record.start = clock.now()
@@ -425,7 +429,7 @@ async def run_async(
     semaphore = asyncio.Semaphore(limit) if limit is not None else None
     slots = list(range(limit, 0, -1)) if limit is not None else []
     strategy = "asyncio" if order == "input" else "asyncio-completion"
-    tasks = [asyncio.ensure_future(_timed_async(acall, r, clock, semaphore, slots)) for r in records]
+    tasks = [asyncio.ensure_future(_timed_async(acall, r, clock, semaphore, slots, cancel)) for r in records]
     watcher = asyncio.ensure_future(_watch_cancel(cancel, tasks)) if cancel is not None else None
     try:
         if order == "input":
