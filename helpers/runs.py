@@ -11,6 +11,7 @@ with the bookkeeping added, so that every run can be drawn (``helpers.timeline``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import threading
 import time
@@ -373,6 +374,19 @@ def _wait_or_cancel(future: Future[Any], cancel: threading.Event | None, pool: T
 
 # --- asyncio ----------------------------------------------------------------------------------------------
 
+# The call this asyncio task is making. A limiter inside the call (an agent's max_concurrency) marks when the
+# call really starts and ends: time spent in that limiter's queue is waiting, not latency, as for a semaphore.
+_current_call: contextvars.ContextVar[tuple[CallRecord, _Clock] | None] = contextvars.ContextVar(
+    "current_call", default=None
+)
+
+
+def _mark_call(edge: str) -> None:
+    current = _current_call.get()
+    if current is not None:
+        record, clock = current
+        setattr(record, edge, clock.now())
+
 
 async def _timed_async(
     acall: Callable[[str], Awaitable[Any]],
@@ -392,11 +406,13 @@ async def _timed_async(
         task = asyncio.current_task()
         record.worker = f"slot {slot}" if slot is not None else (task.get_name() if task else "task")
         record.start = clock.now()
+        _current_call.set((record, clock))  # in this task's own context
         try:
             _fill(record, await acall(record.prompt))
         except Exception as exc:
             _fail(record, exc)
-        record.end = clock.now()
+        if record.end <= record.start:  # not marked already by a limiter inside the call
+            record.end = clock.now()
         return record
     finally:
         if slot is not None:
@@ -621,6 +637,22 @@ async def run_agent_async(
     return report
 
 
+def _marking_limiter(max_running: int) -> Any:
+    """An agent's ``max_concurrency`` limiter that marks when each call gets its turn and when it gives it back."""
+    from pydantic_ai.concurrency import ConcurrencyLimiter
+
+    class MarkingLimiter(ConcurrencyLimiter):
+        async def acquire(self, source: str) -> None:
+            await super().acquire(source)
+            _mark_call("start")
+
+        def release(self) -> None:
+            _mark_call("end")
+            super().release()
+
+    return MarkingLimiter(max_running)
+
+
 # --- one entry point for the lab panel and the benchmark --------------------------------------------------
 
 
@@ -696,7 +728,7 @@ def run(
     async def go_agent() -> RunReport:
         # Entered, so that leaving it closes its HTTP client before this run's event loop ends.
         if base == "agent-max-concurrency":
-            async with Agent(target.chat_model(), max_concurrency=workers) as agent:
+            async with Agent(target.chat_model(), max_concurrency=_marking_limiter(workers)) as agent:
                 report = await run_agent_async(
                     agent, items, limit=None, order=order, on_result=on_result, cancel=cancel
                 )
