@@ -228,7 +228,7 @@ class _Raw(Response):
                 done()
 
     async def _send(self, receive: Receive, send: Send) -> None:
-        headers = _headers(self.state, self.record, {"content-type": self.media_type})
+        headers = _headers(self.state, self.record, {"content-type": self.media_type or "application/json"})
         if self.media_type == "text/event-stream":
             headers["cache-control"] = "no-cache"
         if self.length is not None:

@@ -226,8 +226,8 @@ def value_for_schema(
         low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
         return rng.randint(low, max(low, high))
     if kind == "number":
-        low, high = float(schema.get("minimum", 0.0)), float(schema.get("maximum", 1.0))
-        return round(rng.uniform(low, max(low, high)), 3)
+        bottom, top = float(schema.get("minimum", 0.0)), float(schema.get("maximum", 1.0))
+        return round(rng.uniform(bottom, max(bottom, top)), 3)
     if kind == "boolean":
         mood = sentiment(prompt)
         return mood == "positive" if mood else rng.random() < 0.5
