@@ -89,7 +89,7 @@ class CallRecord:
 
     @property
     def outcome(self) -> str:
-        return self.answer if self.error is None else f"error: {self.error}"  # type: ignore[return-value]
+        return self.answer if self.error is None else f"error: {self.error}"
 
 
 @dataclass
@@ -295,7 +295,8 @@ def run_sequential(
 ) -> RunReport:
     """Call ``call(prompt)`` for each prompt, one after another (lesson 01)."""
     items = _prompts(prompts)
-    clock, delivered = _Clock(), []
+    clock = _Clock()
+    delivered: list[int] = []
     records = [CallRecord(i, p) for i, p in enumerate(items)]
     for record in records:
         if cancel is not None and cancel.is_set():
@@ -332,7 +333,8 @@ def run_threads(
     """
     workers, order = _check_workers(workers), _check_order(order)
     items = _prompts(prompts)
-    clock, delivered = _Clock(), []
+    clock = _Clock()
+    delivered: list[int] = []
     records = [CallRecord(i, p) for i, p in enumerate(items)]
     strategy = "threads" if order == "input" else "threads-completion"
 
@@ -440,7 +442,8 @@ async def run_async(
         limit = _check_workers(limit, "limit")
     order = _check_order(order)
     items = _prompts(prompts)
-    clock, delivered = _Clock(), []
+    clock = _Clock()
+    delivered: list[int] = []
     records = [CallRecord(i, p) for i, p in enumerate(items)]
     semaphore = asyncio.Semaphore(limit) if limit is not None else None
     slots = list(range(limit, 0, -1)) if limit is not None else []
@@ -501,7 +504,7 @@ def run_in_new_loop(coro: Awaitable[T]) -> T:
     ok, value = box[0]
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:
