@@ -52,6 +52,19 @@ def test_429_is_rate_limit_error_with_headers(client: openai.OpenAI, sim: simula
     assert sim.stats(records=False)["by_fault"] == {"429": 1}
 
 
+def test_fault_on_fails_every_prompt_with_that_text(client: openai.OpenAI, sim: simulator.Simulator) -> None:
+    sim.configure(fault_on={"beta": "500"})
+    for _ in range(2):  # every time, not once: it is tied to the prompt, not to a request number
+        with pytest.raises(openai.InternalServerError):
+            chat(client, "Reply: beta")
+    assert chat(client, "Reply: alpha").choices[0].message.content == "alpha"
+    assert sim.stats(records=False)["by_fault"] == {"500": 2}
+    with pytest.raises(simulator.ConfigError, match="unknown fault 'boom'"):
+        sim.configure(fault_on={"beta": "boom"})
+    with pytest.raises(simulator.ConfigError, match="fault_on keys"):
+        sim.configure(fault_on={"": "500"})
+
+
 def test_quota_is_rate_limit_error_insufficient_quota(client: openai.OpenAI, sim: simulator.Simulator) -> None:
     sim.configure(script={1: "quota"})
     with pytest.raises(openai.RateLimitError) as caught:

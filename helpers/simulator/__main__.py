@@ -29,8 +29,19 @@ examples:
   python -m helpers.simulator --port 8765 --latency 0.5 --profile fixed --capacity 4
   python -m helpers.simulator --port 8765 --rpm 30 --fail-rate 0.2 --fail-kinds 500,429
   python -m helpers.simulator --port 8765 --script 3=429,5=500,7=hang
+  python -m helpers.simulator --port 8765 --fault-on beta=500
   SIM_API_KEY=classroom-key python -m helpers.simulator --port 8765   (the key is then required)"""
 )
+
+
+def _fault_on(text: str) -> dict[str, str]:
+    faults: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        words, sep, kind = item.rpartition("=")
+        if not sep or not words:
+            raise argparse.ArgumentTypeError(f"--fault-on items look like beta=500 (prompt text=fault), got {item!r}")
+        faults[words] = kind.strip()
+    return faults
 
 
 def _script(text: str) -> dict[int, str]:
@@ -85,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="N=KIND,...",
         help="faults for given request numbers, e.g. 3=429,5=500,7=hang,8=drop,9=malformed",
     )
+    p.add_argument(
+        "--fault-on",
+        type=_fault_on,
+        default={},
+        metavar="TEXT=KIND,...",
+        help="fail every request whose prompt contains TEXT, e.g. beta=500",
+    )
     p.add_argument("--hang-seconds", type=float, default=600.0, help="how long a 'hang' lasts (default 600)")
     p.add_argument(
         "--quota-requests",
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 fail_rate=args.fail_rate,
                 fail_kinds=args.fail_kinds,
                 script=args.script,
+                fault_on=args.fault_on,
                 hang_seconds=args.hang_seconds,
                 quota_requests=args.quota_requests,
                 models=tuple(args.models.split(",")),

@@ -342,6 +342,9 @@ def _fault(state: State, record: dict[str, Any], ask: Ask) -> str | None:
     cfg = state.config
     if record["n"] in cfg.script:
         return cfg.script[record["n"]]
+    for text, kind in cfg.fault_on.items():
+        if text in ask.prompt:
+            return kind
     if cfg.fail_rate > 0:
         occurrence = state.seen_bodies[ask.key]
         rng = _text.seeded_rng(cfg.seed, "fault", ask.key, occurrence)

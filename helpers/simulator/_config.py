@@ -44,6 +44,10 @@ class SimulatorConfig:
     multiplied by a factor from ``profile``: ``fixed`` (1), ``uniform`` (1 ± ``spread``) or ``longtail``
     (most calls near 1, about one in seven 2-5 times slower). The factor is drawn from the seed and the
     request body, so the same seed and prompt give the same latency whatever else is running.
+
+    Faults: ``script`` fails given request numbers (counted from start or the last reset); ``fault_on`` fails
+    every request whose prompt contains a given text (``{"beta": "500"}``), which stays deterministic however
+    the calls interleave; ``fail_rate`` fails a seeded share of requests with one of ``fail_kinds``.
     """
 
     seed: int = 0
@@ -58,6 +62,7 @@ class SimulatorConfig:
     fail_rate: float = 0.0
     fail_kinds: tuple[str, ...] = ("500",)
     script: dict[int, str] = field(default_factory=dict)
+    fault_on: dict[str, str] = field(default_factory=dict)
     hang_seconds: float = 600.0
     quota_requests: int | None = None
     models: tuple[str, ...] = ("sim-1",)
@@ -99,6 +104,12 @@ class SimulatorConfig:
                 raise ConfigError(f"script keys are request numbers starting at 1 (got {key!r})")
             script[number] = _check_kind(f"script[{number}]", str(kind))
         self.script = script
+        fault_on: dict[str, str] = {}
+        for text, kind in dict(self.fault_on).items():
+            if not isinstance(text, str) or not text:
+                raise ConfigError(f"fault_on keys are pieces of prompt text, e.g. {{'beta': '500'}} (got {text!r})")
+            fault_on[text] = _check_kind(f"fault_on[{text!r}]", str(kind))
+        self.fault_on = fault_on
         self.hang_seconds = _number("hang_seconds", self.hang_seconds, minimum=0, maximum=86400)
         if self.quota_requests is not None:
             self.quota_requests = _number("quota_requests", self.quota_requests, minimum=0, integer=True)
@@ -127,6 +138,7 @@ class SimulatorConfig:
         data["fail_kinds"] = list(self.fail_kinds)
         data["models"] = list(self.models)
         data["script"] = {str(k): v for k, v in sorted(self.script.items())}
+        data["fault_on"] = dict(self.fault_on)
         return data
 
     def __repr__(self) -> str:
