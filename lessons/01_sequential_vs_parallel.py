@@ -177,7 +177,7 @@ cpu_threaded = time.perf_counter() - start
 print(f"CPU-bound work: sequential {cpu_sequential:.2f} s · three threads {cpu_threaded:.2f} s")
 
 # %%
-assert cpu_threaded > 0.7 * cpu_sequential  # threads do not speed up pure-Python computing
+assert cpu_threaded > 0.6 * cpu_sequential  # nowhere near 3× faster: threads do not speed up pure-Python computing
 
 # %% [markdown]
 # No gain: the threads took turns. LLM calls are the first kind of work, **I/O-bound**: the time goes to waiting

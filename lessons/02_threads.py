@@ -1,0 +1,305 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Threads
+#
+# Threads are the simplest way to run blocking calls side by side: you keep writing ordinary code and let a pool
+# of threads make the calls. This lesson starts from the version people write first, one thread per prompt, and
+# fixes it step by step.
+#
+# **In this lesson you will**
+# - see what goes wrong with one `threading.Thread` per prompt and a shared list;
+# - use `ThreadPoolExecutor.map`, where `answers[i]` always belongs to `prompts[i]`;
+# - use `submit` + `as_completed` to handle each answer as soon as it arrives, fastest first;
+# - use `max_workers` as a cap on calls in flight, and read the staircase it draws;
+# - watch threads fail to speed up CPU-bound work.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers import connect
+from helpers.exercises import check, environment
+
+# Fixed speed: a call takes 0.1 s plus 0.05 s per word of its answer, so longer answers take longer.
+target = connect(seed=2, profile="fixed", ttft=0.1, tokens_per_second=20)
+environment(target)
+
+# %% [markdown]
+# Three prompts whose answers have very different lengths, so their calls take very different times.
+# The simulator is also told to fail any prompt that mentions `beta` with an HTTP 500, the way a real provider
+# sometimes does. The lesson's code does not know about that: it is the server's behaviour.
+
+# %%
+from helpers import APIError, ask
+
+client = target.client()
+prompts = [
+    "Reply: a long answer that takes the model a good while to write out in full, word after word",
+    "Reply: beta",
+    "Reply: a fairly short answer",
+]
+target.simulator.configure(fault_on={"beta": "500"})
+
+
+def call(prompt: str) -> str:
+    return ask(client, target.model, prompt)
+
+
+# %% [markdown]
+# ## 2.1 One thread per prompt
+#
+# The first version most people write: start a thread for each prompt, let each append its answer to a shared
+# list, wait for all of them. Errors are caught so that one failure does not kill the thread.
+#
+# **Predict:** in what order will `results` hold the answers?
+
+# %%
+import threading
+
+results = []
+
+
+def worker(prompt: str) -> None:
+    try:
+        results.append(call(prompt))
+    except Exception:
+        results.append(None)
+
+
+threads = [threading.Thread(target=worker, args=(prompt,)) for prompt in prompts]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+
+results
+
+# %% [markdown]
+# Three problems, all typical:
+#
+# 1. **Order.** The list fills in the order the calls *finish*. `results[0]` is not the answer to `prompts[0]`.
+# 2. **Errors swallowed.** One entry is `None`. Which prompt failed, and why? The exception is gone.
+# 3. **No cap.** A thread per prompt means a call in flight per prompt: 1000 prompts, 1000 simultaneous calls,
+#    and a provider that answers most of them with "429 Too Many Requests".
+
+# %%
+assert results[-1].startswith("a long answer")  # the slowest call finished last, so its answer is last
+assert None in results  # and the failure left no trace
+
+# %% [markdown]
+# ## 2.2 `ThreadPoolExecutor.map`: answers in input order
+#
+# A pool keeps a fixed number of threads and feeds them the prompts. `pool.map(call, prompts)` returns the answers
+# **in the order of the prompts**. The catch: `map` raises the first exception it meets when you reach that
+# answer, and the answers after it are lost to your loop. So the function handed to `map` should not raise.
+# Here it returns the exception instead:
+
+# %%
+from concurrent.futures import ThreadPoolExecutor
+
+
+def call_safely(prompt: str) -> str | Exception:
+    try:
+        return call(prompt)
+    except APIError as error:
+        return error
+
+
+with ThreadPoolExecutor(max_workers=3) as pool:
+    answers = list(pool.map(call_safely, prompts))
+
+for prompt, answer in zip(prompts, answers, strict=True):
+    print(f"{prompt[:30]:32} -> {answer!s:.60}")
+
+# %%
+assert answers[2] == "a fairly short answer" and isinstance(answers[1], APIError) and answers[1].status == 500
+
+# %% [markdown]
+# `answers[i]` belongs to `prompts[i]`, and the failure says what it was. The price of input order: the short
+# answer was ready long before the long one, but `map` hands it over only after the answers before it. The
+# timeline shows that wait. `run_threads(..., order="input")` does exactly this `map` and records every call;
+# the dot marks when your loop received the answer.
+
+# %%
+from helpers import draw, run_threads
+
+in_order = run_threads(call, prompts, workers=3, order="input")
+draw(in_order, title="pool.map: each answer waits for the ones before it")
+
+# %%
+assert in_order.delivery_order == [0, 1, 2]
+
+# %% [markdown]
+# ## 2.3 `submit` + `as_completed`: fastest first
+#
+# `pool.submit(call, prompt)` returns a *future* at once; `as_completed(futures)` yields each future as soon as its
+# call finishes. Every future carries its own result or its own exception, so one failure does not disturb the
+# others. Keep a dictionary from future to prompt index to know which answer is which.
+
+# %%
+from concurrent.futures import as_completed
+
+with ThreadPoolExecutor(max_workers=3) as pool:
+    futures = {pool.submit(call, prompt): index for index, prompt in enumerate(prompts)}
+    for future in as_completed(futures):
+        index = futures[future]
+        try:
+            print(f"prompt {index}: {future.result()[:40]}")
+        except APIError as error:
+            print(f"prompt {index} failed: {error.status} {error.message[:50]}")
+
+# %% [markdown]
+# The failure first (a server error often comes back fast), then the short answer, the long one last: each
+# handled the moment it is known.
+# Choose `map` when you need the answers lined up with the inputs, `as_completed` when you want to act on each
+# answer as early as possible (show progress, save it, start the next step).
+
+# %%
+fastest_first = run_threads(call, prompts, workers=3, order="completion")
+draw(in_order, fastest_first, title="The same calls: map (input order) vs as_completed (completion order)")
+
+# %%
+assert fastest_first.delivery_order == [1, 2, 0]
+assert [r.ok for r in fastest_first.records] == [True, False, True]  # one failure, the others unharmed
+
+# %% [markdown]
+# ## 2.4 `max_workers` caps the calls in flight
+#
+# `max_workers` is how many threads the pool has, so it is the most calls that can be in flight at once. Nine
+# calls of 0.4 s with three workers:
+#
+# **Predict:** how long, and what will the picture look like?
+
+# %%
+target.simulator.configure(fault_on={}, latency=0.4)
+target.simulator.reset()
+nine = [f"Reply: answer {i}" for i in range(9)]
+
+three_workers = run_threads(call, nine, workers=3)
+nine_workers = run_threads(call, nine, workers=9)
+draw(three_workers, nine_workers, title="Nine calls of 0.4 s: 3 workers make a staircase, 9 workers one step")
+
+# %% [markdown]
+# Three rounds of three: about 3 × 0.4 s. The server agrees: it never saw more than three of these calls at once
+# during the first run. In general the wall time is about `ceil(N / max_workers) × latency`.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"3 workers: {three_workers.wall:.2f} s · 9 workers: {nine_workers.wall:.2f} s")
+
+# %%
+import math
+
+assert three_workers.peak_in_flight == 3 and nine_workers.peak_in_flight == 9
+assert three_workers.wall > 0.9 * math.ceil(9 / 3) * 0.4  # three rounds
+assert nine_workers.wall < 0.6 * three_workers.wall
+
+# %% [markdown]
+# Against a real provider that cap is your friend: every call in flight takes a slot of your rate limit, so the
+# workbook keeps `max_workers` at 3 there. More workers only help while the provider keeps up (lesson 06).
+#
+# ## 2.5 Threads and CPU-bound work
+#
+# The same pool, now with work that computes instead of waiting. The timeline tells the story:
+
+# %%
+from helpers import run_sequential
+
+
+def count(_: str) -> int:
+    total = 0
+    for i in range(2_000_000):
+        total += i % 7
+    return total
+
+
+cpu_sequential = run_sequential(count, ["job"] * 3)
+cpu_threads = run_threads(count, ["job"] * 3, workers=3)
+draw(cpu_sequential, cpu_threads, title="CPU-bound work: three threads take turns on one interpreter")
+
+# %%
+assert cpu_threads.wall > 0.6 * cpu_sequential.wall  # nowhere near the 3× that waiting calls get
+
+# %% [markdown]
+# The bars overlap, but each one is about three times longer: the threads share the interpreter (the GIL) and
+# take turns, so the run takes about as long as before. (The "speed-up" in the title divides the sum of these
+# stretched bars by the wall time, so it means nothing here: compare the two wall times instead.) Threads help when calls *wait*; for computing, use processes
+# (lesson 07).
+#
+# ## Summary
+#
+# - One thread per prompt with a shared list loses the input order, swallows errors and has no cap.
+# - `ThreadPoolExecutor.map` keeps `answers[i]` with `prompts[i]`; make the mapped function return errors
+#   instead of raising them, or `map` stops your loop at the first one.
+# - `submit` + `as_completed` gives each answer as soon as it is ready; each future holds its own exception.
+# - `max_workers` caps the calls in flight: wall time ≈ `ceil(N / max_workers) × latency`, a staircase.
+# - Threads do not speed up CPU-bound Python code.
+#
+# ## Exercises
+#
+# Solutions are in `02_threads_solutions.ipynb`.
+#
+# **Exercise 2.1.** Repair the thread-per-prompt version: write `run_all(prompts)` that returns a list where item
+# `i` is the answer to `prompts[i]`, or the exception its call raised. Use a `ThreadPoolExecutor` with at most 3
+# workers.
+
+# %%
+target.simulator.configure(fault_on={"beta": "500"}, latency=None)
+
+
+def run_all(prompts: list[str]) -> list:
+    return []  # your code here
+
+
+# %%
+got = run_all(prompts)
+check(
+    len(got) == 3
+    and str(got[0]).startswith("a long answer")
+    and isinstance(got[1], APIError)
+    and got[2] == "a fairly short answer",
+    "input order kept, and the failure is an exception you can inspect.",
+    "store each result at its prompt's index (pool.map keeps the order), and return the exception for a failure.",
+)
+
+# %% [markdown]
+# **Exercise 2.2.** Ten calls of 0.4 s each on 4 workers. Predict the wall time in seconds and store it in
+# `predicted_wall`; the check then runs it.
+
+# %%
+predicted_wall = None  # your prediction
+
+# %%
+target.simulator.configure(fault_on={}, latency=0.4)
+ten = run_threads(call, [f"Reply: {i}" for i in range(10)], workers=4)
+check(
+    predicted_wall is not None and abs(predicted_wall - ten.wall) < 0.2 * ten.wall,
+    "ceil(10 / 4) = 3 rounds of 0.4 s.",
+    "how many rounds does the pool need when only 4 calls fit at once?",
+)
+
+# %% [markdown]
+# **Exercise 2.3.** With `submit` + `as_completed` on the three prompts of this lesson (the `beta` one still
+# fails), store in `first_index` the index of the prompt whose **successful** answer arrives first.
+
+# %%
+target.simulator.configure(fault_on={"beta": "500"}, latency=None)
+first_index = None  # your code here
+
+# %%
+check(
+    first_index == 2,
+    "the shortest answer finishes first, whatever its position in the list.",
+    "keep a {future: index} dictionary; skip futures whose result() raises; take the first index that succeeds.",
+)

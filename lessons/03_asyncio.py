@@ -1,0 +1,367 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · asyncio
+#
+# Threads let blocking code wait side by side. `asyncio` does the same job on **one** thread: each call is a
+# coroutine that says where it waits (`await`), and an event loop switches to another coroutine while it waits.
+#
+# **In this lesson you will**
+# - write a call as a coroutine with `httpx.AsyncClient`, and run many with `asyncio.gather` and `as_completed`;
+# - see what `gather`, `gather(return_exceptions=True)` and `TaskGroup` each do when one call fails;
+# - cap the calls in flight with a semaphore;
+# - measure why a new `AsyncClient` per call is slow;
+# - understand why `asyncio.run()` fails in Jupyter, and what `nest_asyncio2.apply()` changes;
+# - choose between threads and asyncio.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers import connect
+from helpers.exercises import check, environment
+
+# Fixed speed: a call takes 0.1 s plus 0.05 s per word of its answer.
+target = connect(seed=3, profile="fixed", ttft=0.1, tokens_per_second=20)
+environment(target)
+
+# %% [markdown]
+# ## 3.1 A call as a coroutine
+#
+# `async def` makes a *coroutine function*. Inside it, `await` marks the places where it waits; there, the event
+# loop is free to run something else. `httpx.AsyncClient` is the async twin of `httpx.Client`: build it once, share
+# it between all the calls.
+
+# %%
+import httpx
+
+
+async def ask_async(client: httpx.AsyncClient, prompt: str) -> str:
+    request = {"model": target.model, "messages": [{"role": "user", "content": prompt}]}
+    response = await client.post("/chat/completions", json=request)
+    response.raise_for_status()
+    return response.json()["choices"][0]["message"]["content"]
+
+
+client = target.async_client()
+coroutine = ask_async(client, "Reply: alpha")
+type(coroutine).__name__
+
+# %% [markdown]
+# Calling it does **not** make the call: it returns a coroutine object, a call waiting to be run. A notebook runs
+# an event loop all the time, so a cell can simply `await` it:
+
+# %%
+await coroutine
+
+# %% [markdown]
+# ## 3.2 `gather`: all at once, answers in input order
+#
+# `asyncio.gather(*coroutines)` runs them all concurrently and returns their results in the order given.
+#
+# **Predict:** three calls, of about 1.05 s, 0.15 s and 0.4 s. How long does the `gather` take?
+
+# %%
+import asyncio
+import time
+
+prompts = [
+    "Reply: a long answer that takes the model a good while to write out in full, word after word",
+    "Reply: short",
+    "Reply: a medium answer of six words",
+]
+
+start = time.perf_counter()
+answers = await asyncio.gather(*(ask_async(client, prompt) for prompt in prompts))
+gather_wall = time.perf_counter() - start
+answers
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"gather took {gather_wall:.2f} s")
+
+# %%
+assert answers[1] == "short"  # input order, whatever finished first
+assert 0.9 < gather_wall < 1.4  # about the slowest call (≈ 1.0 s), not the sum (≈ 1.6 s)
+
+# %% [markdown]
+# One thread, three calls in flight. While the first call waits for its answer, the loop sends the second and the
+# third. `gather` hands back everything at once, when the last call is done.
+#
+# ## 3.3 `as_completed`: each answer as soon as it is ready
+#
+# `asyncio.as_completed` yields awaitables in the order the calls finish. To know which prompt an answer belongs
+# to, let each coroutine return its index too.
+
+
+# %%
+async def numbered(index: int, prompt: str) -> tuple[int, str]:
+    return index, await ask_async(client, prompt)
+
+
+for next_done in asyncio.as_completed([numbered(i, p) for i, p in enumerate(prompts)]):
+    index, answer = await next_done
+    print(f"prompt {index}: {answer[:40]}")
+
+# %% [markdown]
+# `helpers.run_async` does the same (`order="input"` is `gather`, `order="completion"` is `as_completed`) and
+# records every call, so both can be drawn. The dots show when the answers reached your code:
+
+# %%
+from helpers import draw, run_async
+
+
+async def call(prompt: str) -> str:
+    return await ask_async(client, prompt)
+
+
+gathered = await run_async(call, prompts, limit=None, order="input")
+completed = await run_async(call, prompts, limit=None, order="completion")
+draw(gathered, completed, title="gather hands back everything at the end; as_completed hands each answer over at once")
+
+# %%
+assert gathered.delivery_order == [0, 1, 2] and completed.delivery_order == [1, 2, 0]
+
+# %% [markdown]
+# ## 3.4 When one call fails
+#
+# The simulator is now told to fail any prompt that mentions `beta` (HTTP 500). Three ways to run the same three
+# calls, three behaviours:
+
+# %%
+target.simulator.configure(fault_on={"beta": "500"})
+mixed = ["Reply: alpha, the first answer", "Reply: beta", "Reply: gamma, the third answer"]
+
+try:
+    await asyncio.gather(*(ask_async(client, p) for p in mixed))
+except httpx.HTTPStatusError as error:
+    print("gather raised:", error.response.status_code, "- and the other answers are lost to you")
+
+# %% [markdown]
+# Plain `gather` raises the first exception and you lose the results of the others (they keep running in the
+# background, but nobody collects them). With `return_exceptions=True` every call gets its slot, answer or
+# exception:
+
+# %%
+results = await asyncio.gather(*(ask_async(client, p) for p in mixed), return_exceptions=True)
+for prompt, result in zip(mixed, results, strict=True):
+    print(f"{prompt:32} -> {result if isinstance(result, str) else type(result).__name__}")
+
+# %% [markdown]
+# `asyncio.TaskGroup` (Python 3.11+) takes the opposite view: if one task fails, the group **cancels the others**
+# and raises an `ExceptionGroup`. That is right when the results only make sense together, and wrong for a batch
+# of independent calls.
+
+# %%
+try:
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(ask_async(client, p)) for p in mixed]
+except* httpx.HTTPStatusError as failures:
+    print("TaskGroup raised", len(failures.exceptions), "error(s)")
+print("cancelled:", [task.cancelled() for task in tasks])
+
+# %%
+assert isinstance(results[1], httpx.HTTPStatusError) and results[0].startswith("alpha") and results[2].startswith("gamma")
+assert any(task.cancelled() for task in tasks)  # the TaskGroup cancelled the calls still running
+
+# %% [markdown]
+# For a batch of independent LLM calls, use `gather(..., return_exceptions=True)` (or catch errors inside each
+# coroutine) so that nothing is lost. Lesson 05 goes further: timeouts, retries and keeping partial results.
+#
+# ## 3.5 A semaphore caps the calls in flight
+#
+# `gather` starts everything at once: 1000 prompts, 1000 calls in flight. An `asyncio.Semaphore(3)` lets at most
+# three coroutines past `async with semaphore:` at a time; the rest wait their turn. It plays the role of
+# `max_workers`.
+
+# %%
+target.simulator.configure(fault_on={}, latency=0.4)
+target.simulator.reset()
+nine = [f"Reply: answer {i}" for i in range(9)]
+semaphore = asyncio.Semaphore(3)
+
+
+async def bounded(prompt: str) -> str:
+    async with semaphore:
+        return await ask_async(client, prompt)
+
+
+start = time.perf_counter()
+answers = await asyncio.gather(*(bounded(p) for p in nine))
+bounded_wall = time.perf_counter() - start
+print("the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "calls at once")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"nine calls of 0.4 s, three at a time: {bounded_wall:.2f} s")
+
+# %%
+assert target.simulator.stats(records=False)["peak_in_flight"] == 3
+assert bounded_wall > 0.9 * 3 * 0.4  # three rounds: the same staircase as max_workers=3
+
+# %% [markdown]
+# ## 3.6 A new client for every call
+#
+# A common first version opens a client inside the call: `async with httpx.AsyncClient() as client:` around each
+# request. It works, and it is slow: building a client sets up a connection pool and an SSL context (tens of
+# milliseconds of CPU, even for plain `http://`), and every call opens a new connection instead of reusing one.
+#
+# **Predict:** 40 calls of 0.4 s, all at once. Shared client versus a client per call?
+
+# %%
+from helpers import run_naive_async
+
+forty = [f"Reply: answer {i}" for i in range(40)]
+shared = await run_async(call, forty, limit=None)
+per_call = await run_naive_async(target.base_url, target.model, forty)
+draw(shared, per_call, title="40 calls at once: one shared AsyncClient vs a new AsyncClient per call")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"shared client:   wall {shared.wall:.2f} s, CPU {shared.cpu:.2f} s")
+print(f"client per call: wall {per_call.wall:.2f} s, CPU {per_call.cpu:.2f} s")
+
+# %%
+assert per_call.cpu > 3 * shared.cpu  # building clients costs CPU ...
+assert per_call.wall > shared.wall  # ... and the calls start later: the loop is busy building them
+
+# %% [markdown]
+# The per-call version starts its calls in a slope and they all end together, long after their answers were
+# ready: the one thread is so busy building clients that it neither sends the later requests nor reads the answers
+# that have arrived. At 1000 calls the difference is tens of times (see 3.8).
+#
+# ## 3.7 `asyncio.run()` inside Jupyter
+#
+# In a script you start the event loop yourself with `asyncio.run(main())`. In Jupyter a loop is already
+# running (that is what makes top-level `await` work), and `asyncio.run()` refuses to start a second one in the
+# same thread:
+
+
+# %%
+async def main() -> str:
+    return await ask_async(client, "Reply: from main")
+
+
+coroutine = main()
+try:
+    asyncio.run(coroutine)
+except RuntimeError as error:
+    print("RuntimeError:", error)
+    coroutine.close()
+
+# %% [markdown]
+# Three ways out:
+# - **in a notebook, `await main()`** at the top level of a cell: the simplest, used throughout this workbook;
+# - in a script, `asyncio.run(main())`;
+# - `nest_asyncio2.apply()` patches the running loop so that it can be re-entered: then `asyncio.run()` and
+#   pydantic-ai's `agent.run_sync()` work inside Jupyter too. It changes the loop for the rest of the kernel's
+#   life, so use it knowingly. (`nest_asyncio2` is the maintained fork of the archived `nest_asyncio`;
+#   ipykernel itself depends on it.)
+
+# %%
+import nest_asyncio2
+
+nest_asyncio2.apply()
+asyncio.run(main())
+
+# %% [markdown]
+# ## 3.8 Threads or asyncio?
+#
+# Both make many waiting calls overlap; for a handful of calls they are equally fast. Choose by how the code
+# reads and by scale:
+#
+# | | threads (`ThreadPoolExecutor`) | asyncio (`gather` + semaphore) |
+# |---|---|---|
+# | code | ordinary blocking functions, `client.post(...)` | `async def` and `await` all the way down |
+# | libraries | any blocking SDK | needs async clients (`httpx.AsyncClient`, `AsyncOpenAI`, `agent.run`) |
+# | cap | `max_workers` | `asyncio.Semaphore(n)` |
+# | cost per call in flight | a thread (stack, OS scheduling) | a small object on one thread |
+# | at 1000s of calls | fine up to a few dozen threads | fine, if the client is shared and the calls are bounded |
+#
+# The workbook's benchmark (`benchmarks/strategies.py`, run by hand) measures all of them against the simulator
+# up to 1000 calls. Its headline: a **shared, bounded** client stays close to the ideal time whether it is threads
+# or asyncio; a new client per call, or an unbounded `gather` over one client, falls far behind at scale.
+#
+# ## Summary
+#
+# - A coroutine runs only when awaited; in a notebook you can `await` at the top level of a cell.
+# - `gather` returns all answers together in input order; `as_completed` yields them as they finish.
+# - On failure: plain `gather` raises the first error, `return_exceptions=True` keeps every result, `TaskGroup`
+#   cancels the rest. For independent calls, keep every result.
+# - `asyncio.Semaphore(n)` caps the calls in flight, like `max_workers`.
+# - Build one `AsyncClient` and share it; a client per call burns CPU and wastes connections.
+# - `asyncio.run()` fails inside Jupyter's running loop; `await` instead, or `nest_asyncio2.apply()`.
+#
+# ## Exercises
+#
+# Solutions are in `03_asyncio_solutions.ipynb`.
+#
+# **Exercise 3.1.** Write `first_answer(prompts)`: it starts all calls at once and returns the text of the
+# **first** answer to arrive.
+
+
+# %%
+async def first_answer(prompts: list[str]) -> str:
+    return ""  # your code here
+
+
+# %%
+target.simulator.configure(latency=None)
+check(
+    await first_answer(prompts) == "short",
+    "as_completed yields the fastest call first.",
+    "loop over asyncio.as_completed(...) and return the first result you await.",
+)
+
+# %% [markdown]
+# **Exercise 3.2.** Write `bounded_gather(prompts, limit)`: all answers in input order, never more than `limit`
+# calls in flight.
+
+
+# %%
+async def bounded_gather(prompts: list[str], limit: int) -> list[str]:
+    return []  # your code here
+
+
+# %%
+target.simulator.reset()
+got = await bounded_gather([f"Reply: {i}" for i in range(6)], limit=2)
+check(
+    got == [str(i) for i in range(6)] and target.simulator.stats(records=False)["peak_in_flight"] <= 2,
+    "input order from gather, at most two in flight thanks to the semaphore.",
+    "create asyncio.Semaphore(limit), wrap each call in `async with semaphore:`, and gather them.",
+)
+
+# %% [markdown]
+# **Exercise 3.3.** Make the `TaskGroup` version keep going when one call fails: write `safe_ask(prompt)` that
+# returns the answer, or the exception instead of raising it. Then no task fails and none is cancelled.
+
+
+# %%
+async def safe_ask(prompt: str) -> str | Exception:
+    return await ask_async(client, prompt)  # change me
+
+
+# %%
+target.simulator.configure(fault_on={"beta": "500"})
+try:
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(safe_ask(p)) for p in mixed]
+    kept = [task.result() for task in tasks]
+except* Exception:
+    kept = []
+check(
+    len(kept) == 3 and kept[0].startswith("alpha") and isinstance(kept[1], Exception) and kept[2].startswith("gamma"),
+    "every task finished; the failure is a value you can inspect.",
+    "wrap the await in try/except and return the exception.",
+)

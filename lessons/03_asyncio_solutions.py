@@ -1,0 +1,114 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · asyncio: solutions
+#
+# Worked solutions to the exercises of `03_asyncio.ipynb`. The first cell rebuilds the lesson's setup.
+
+# %%
+import asyncio
+
+import httpx
+
+from helpers import connect
+from helpers.exercises import check
+
+target = connect(seed=3, profile="fixed", ttft=0.1, tokens_per_second=20)
+client = target.async_client()
+
+
+async def ask_async(client: httpx.AsyncClient, prompt: str) -> str:
+    request = {"model": target.model, "messages": [{"role": "user", "content": prompt}]}
+    response = await client.post("/chat/completions", json=request)
+    response.raise_for_status()
+    return response.json()["choices"][0]["message"]["content"]
+
+
+prompts = [
+    "Reply: a long answer that takes the model a good while to write out in full, word after word",
+    "Reply: short",
+    "Reply: a medium answer of six words",
+]
+mixed = ["Reply: alpha, the first answer", "Reply: beta", "Reply: gamma, the third answer"]
+
+
+# %% [markdown]
+# **Exercise 3.1.** `as_completed` yields the calls in the order they finish; return from the loop at the first.
+# The other calls still run to their end (nobody cancels them); for a real batch you might cancel them.
+
+
+# %%
+async def first_answer(prompts: list[str]) -> str:
+    for next_done in asyncio.as_completed([ask_async(client, p) for p in prompts]):
+        return await next_done
+    raise ValueError("no prompts")
+
+
+check(
+    await first_answer(prompts) == "short",
+    "as_completed yields the fastest call first.",
+    "loop over asyncio.as_completed(...) and return the first result you await.",
+)
+
+
+# %% [markdown]
+# **Exercise 3.2.** One semaphore shared by all the coroutines; `gather` keeps the input order.
+
+
+# %%
+async def bounded_gather(prompts: list[str], limit: int) -> list[str]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def bounded(prompt: str) -> str:
+        async with semaphore:
+            return await ask_async(client, prompt)
+
+    return await asyncio.gather(*(bounded(p) for p in prompts))
+
+
+target.simulator.reset()
+got = await bounded_gather([f"Reply: {i}" for i in range(6)], limit=2)
+check(
+    got == [str(i) for i in range(6)] and target.simulator.stats(records=False)["peak_in_flight"] <= 2,
+    "input order from gather, at most two in flight thanks to the semaphore.",
+    "create asyncio.Semaphore(limit), wrap each call in `async with semaphore:`, and gather them.",
+)
+
+
+# %% [markdown]
+# **Exercise 3.3.** A task that returns its exception instead of raising it has not failed, so the `TaskGroup`
+# has no reason to cancel its siblings.
+
+
+# %%
+async def safe_ask(prompt: str) -> str | Exception:
+    try:
+        return await ask_async(client, prompt)
+    except Exception as error:
+        return error
+
+
+target.simulator.configure(fault_on={"beta": "500"})
+try:
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(safe_ask(p)) for p in mixed]
+    kept = [task.result() for task in tasks]
+except* Exception:
+    kept = []
+check(
+    len(kept) == 3 and kept[0].startswith("alpha") and isinstance(kept[1], Exception) and kept[2].startswith("gamma"),
+    "every task finished; the failure is a value you can inspect.",
+    "wrap the await in try/except and return the exception.",
+)
