@@ -108,7 +108,7 @@ class RunReport:
     def __post_init__(self) -> None:
         self.records.sort(key=lambda r: r.index)
         if not self.label:
-            self.label = self.strategy if self.workers is None else f"{self.strategy} ({self.workers} workers)"
+            self.label = _default_label(self.strategy, self.workers)
 
     @property
     def n(self) -> int:
@@ -180,6 +180,13 @@ class RunReport:
             f"<RunReport {self.label}: {self.n} calls, {len(self.failures)} failed, wall {self.wall:.2f} s, "
             f"sum of latencies {self.sum_of_latencies:.2f} s>"
         )
+
+
+def _default_label(strategy: str, workers: int | None) -> str:
+    if workers is None or strategy == "sequential" or strategy.startswith("naive"):
+        return strategy
+    unit = "in flight" if strategy.startswith(("asyncio", "agent-asyncio", "agent-max")) else "workers"
+    return f"{strategy} ({workers} {unit})"
 
 
 # --- bookkeeping shared by all runners --------------------------------------------------------------------
@@ -310,7 +317,7 @@ def run_sequential(
 def _cancelled(record: CallRecord, clock: _Clock) -> None:
     record.start = record.end = clock.now()
     record.error = "cancelled before it started"
-    record.worker = "-"
+    record.worker = "not started"
 
 
 def _was_cancelled(cancel: threading.Event | None) -> bool:
@@ -474,7 +481,7 @@ async def run_async(
             record.start = record.start or clock.now()
             record.end = clock.now()
             record.error = "cancelled"
-            record.worker = record.worker or "-"
+            record.worker = record.worker or "not started"
     return clock.report(strategy, records, limit, delivered, _was_cancelled(cancel))
 
 
@@ -520,7 +527,7 @@ def run_naive_threads(call: Callable[[str], Any], prompts: Iterable[str]) -> Run
     items = _prompts(prompts)
     clock, results = _Clock(), []
     lock = threading.Lock()
-    counter = itertools.count(1)
+    counter = itertools.count(0)
 
     def work(record: CallRecord) -> None:
         _timed(call, record, clock)
@@ -529,7 +536,7 @@ def run_naive_threads(call: Callable[[str], Any], prompts: Iterable[str]) -> Run
             results.append(record)
 
     records = [CallRecord(i, p) for i, p in enumerate(items)]
-    threads = [threading.Thread(target=work, args=(r,), name=f"thread-{next(counter)}") for r in records]
+    threads = [threading.Thread(target=work, args=(r,), name=f"thread_{next(counter)}") for r in records]
     for thread in threads:
         thread.start()
     for thread in threads:
