@@ -31,9 +31,20 @@ def main(prefixes: list[str]) -> int:
         began = time.monotonic()
         subprocess.run([bin_dir / "jupytext", "--quiet", "--to", "ipynb", "-o", notebook, lesson], check=True)
         result = subprocess.run(
-            [bin_dir / "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-             "--ExecutePreprocessor.timeout=300", notebook],
-            env=env, cwd=ROOT / "notebooks", capture_output=True, text=True,
+            [
+                bin_dir / "jupyter",
+                "nbconvert",
+                "--to",
+                "notebook",
+                "--execute",
+                "--inplace",
+                "--ExecutePreprocessor.timeout=300",
+                notebook,
+            ],
+            env=env,
+            cwd=ROOT / "notebooks",
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             print(result.stderr[-3000:])
