@@ -30,6 +30,7 @@ def main() -> int:
                 "--nbval",
                 "--nbval-sanitize-with",
                 "tests/nbval_sanitize.cfg",
+                "--nbval-current-env",
                 *sys.argv[1:],
             ],
         ),
