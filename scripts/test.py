@@ -9,6 +9,10 @@ import sys
 from _setup import ROOT, ensure_venv
 
 
+def _existing(*folders: str) -> list[str]:
+    return [folder for folder in folders if (ROOT / folder).is_dir()]
+
+
 def main() -> int:
     python = str(ensure_venv())
     env = dict(os.environ)
@@ -17,7 +21,7 @@ def main() -> int:
         env.pop(name, None)
     env.pop("MPLBACKEND", None)
     steps = [
-        ("lint", [python, "-m", "ruff", "check", "helpers", "tests", "notebooks", "benchmarks", "scripts"]),
+        ("lint", [python, "-m", "ruff", "check", *_existing("helpers", "tests", "notebooks", "benchmarks", "scripts")]),
         ("types", [python, "-m", "mypy", "helpers"]),
         (
             "tests and notebooks",

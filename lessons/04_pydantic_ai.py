@@ -1,0 +1,270 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · pydantic-ai agents in parallel
+#
+# Agent frameworks hide the HTTP request, not the waiting. A pydantic-ai agent call is still one (or a few)
+# network round trips, so everything from lessons 01–03 applies: run independent agent calls side by side.
+# There is one trap specific to agents used from threads, and this lesson walks into it on purpose.
+#
+# **In this lesson you will**
+# - classify texts with an agent whose output is a typed pydantic model;
+# - run many agent calls with `asyncio.gather` and a semaphore, and with the agent's own `max_concurrency`;
+# - run `agent.run_sync` on a thread pool, see a shared agent fail across threads, and fix it.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers import connect
+from helpers.exercises import check, environment
+
+target = connect(seed=4, latency=0.3, profile="uniform", spread=0.5)
+environment(target)
+
+# %% [markdown]
+# ## 4.1 A classifier with a typed answer
+#
+# `output_type` tells the agent what the answer must look like. pydantic-ai turns the model class into a JSON
+# schema, asks the model to answer through it (as a tool call), validates the answer and gives you an instance.
+# The simulator answers such requests with JSON that fits the schema; for sentiment it looks for telling words.
+
+# %%
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic_ai import Agent
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    confidence: float
+
+
+model = target.chat_model()  # build the model once: each one costs tens of milliseconds to set up
+classifier = Agent(model, output_type=Review, instructions="Classify the sentiment of the customer review.")
+
+result = await classifier.run("I love this kettle, it boils water in a minute.")
+result.output.sentiment
+
+# %% [markdown]
+# ## 4.2 Many classifications with asyncio
+#
+# Six reviews, each classified independently: a perfect case for parallel calls. `agent.run` is a coroutine,
+# so the asyncio recipe from lesson 03 applies unchanged: a semaphore for the cap, `gather` for the order.
+
+# %%
+import asyncio
+
+reviews = [
+    "I love this kettle, it boils water in a minute.",
+    "The lid broke after two days. Terrible.",
+    "It arrived on Tuesday.",
+    "Great value and a friendly seller.",
+    "Slow delivery and the box was squashed.",
+    "It is a kettle.",
+]
+expected = ["positive", "negative", "neutral", "positive", "negative", "neutral"]
+
+semaphore = asyncio.Semaphore(3)
+
+
+async def classify(review: str) -> Review:
+    async with semaphore:
+        return (await classifier.run(review)).output
+
+
+labels = [r.sentiment for r in await asyncio.gather(*(classify(review) for review in reviews))]
+labels
+
+# %%
+assert labels == expected
+
+# %% [markdown]
+# The same run through `helpers.run_agent_async`, which records each call, drawn against a sequential loop over
+# `agent.run`:
+
+# %%
+from helpers import draw, run_agent_async
+
+target.simulator.reset()
+one_by_one = await run_agent_async(classifier, reviews, limit=1)
+three_at_once = await run_agent_async(classifier, reviews, limit=3)
+draw(one_by_one, three_at_once, title="Six agent calls: one at a time vs three at a time")
+
+# %%
+assert three_at_once.wall < 0.7 * one_by_one.wall
+assert [r.answer.sentiment for r in three_at_once.records] == expected
+
+# %% [markdown]
+# ## 4.3 The agent's own cap: `max_concurrency`
+#
+# An agent can carry the cap itself: `Agent(..., max_concurrency=3)` lets at most three of its runs talk to the
+# model at once, however many you start. Then plain `gather` is safe: the others wait inside the agent. The
+# server's statistics show what reached the network.
+
+# %%
+capped = Agent(model, output_type=Review, instructions="Classify the sentiment of the customer review.", max_concurrency=3)
+
+target.simulator.reset()
+outputs = await asyncio.gather(*(capped.run(review) for review in reviews * 2))  # 12 runs started at once
+print("runs started:", len(outputs), "· the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "at once")
+
+# %%
+assert target.simulator.stats(records=False)["peak_in_flight"] == 3
+
+# %% [markdown]
+# The cap belongs to the agent, so every part of your program that uses it shares the same limit: handy when
+# calls come from several places (a web app, a batch job) and the provider's rate limit is what must be respected.
+#
+# ## 4.4 `run_sync` on a thread pool
+#
+# `agent.run_sync(...)` is the blocking version: it starts an event loop, runs `agent.run` on it and returns.
+# That is exactly what the thread-pool recipe wants, so the course material this lesson builds on writes
+#
+# ```python
+# with ThreadPoolExecutor(max_workers=3) as pool:
+#     answers = list(pool.map(lambda p: agent.run_sync(p).output, prompts))
+# ```
+#
+# In the notebook's own thread it does not work, because that thread already runs a loop (lesson 03):
+
+# %%
+try:
+    classifier.run_sync("It is a kettle.")
+except RuntimeError as error:
+    print("RuntimeError:", error)
+
+# %% [markdown]
+# In worker threads it works: each thread has no loop of its own, so `run_sync` makes one. And there is the trap.
+# The agent's model holds a pool of HTTP connections, and a connection belongs to the event loop that opened it.
+# When one **shared** agent is used from several threads, each with its own loop, a connection opened on one
+# thread's loop gets reused on another's, and the call fails (or, at large scale, hangs forever).
+#
+# **Reproduced safely:** 60 quick calls (0.05 s each) on 3 threads with one shared agent, each call limited to
+# 5 s, the whole run to 30 s. How many fail varies from run to run; count them.
+
+# %%
+from concurrent.futures import ThreadPoolExecutor, wait
+
+target.simulator.configure(latency=0.05)
+shared_agent = Agent(target.chat_model(), output_type=Review)
+sixty = reviews * 10
+
+
+def classify_shared(review: str) -> str:
+    return shared_agent.run_sync(review, timeout=5).output.sentiment
+
+
+pool = ThreadPoolExecutor(max_workers=3)
+futures = [pool.submit(classify_shared, review) for review in sixty]
+done, not_done = wait(futures, timeout=30)
+pool.shutdown(wait=False, cancel_futures=True)
+errors = [f.exception() for f in done if f.exception() is not None]
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"{len(done)} finished, {len(not_done)} still hanging, {len(errors)} failed")
+print("for example:", str(errors[0])[:100] if errors else "-")
+
+# %%
+assert errors and all("different event loop" in str(e) for e in errors)  # the same failure every time
+
+# %% [markdown]
+# **The fix: one agent per thread.** Build the agent inside the thread the first time it is needed and keep it in a
+# `threading.local`; every connection then stays on its own thread's loop. (With asyncio the problem does not
+# arise at all: one loop, one agent, as in 4.2.)
+
+# %%
+import threading
+
+per_thread = threading.local()
+
+
+def classify_own_agent(review: str) -> str:
+    if not hasattr(per_thread, "agent"):
+        per_thread.agent = Agent(target.chat_model(), output_type=Review)
+    return per_thread.agent.run_sync(review, timeout=5).output.sentiment
+
+
+with ThreadPoolExecutor(max_workers=3) as pool:
+    fixed_labels = list(pool.map(classify_own_agent, sixty))
+
+# %%
+assert fixed_labels == expected * 10  # sixty calls, no errors, input order
+
+# %% [markdown]
+# `helpers.run_agent_threads(make_agent, prompts, workers=3)` does the same and also closes each thread's agent and
+# loop when the pool is done. Threads and asyncio side by side, against the same endpoint:
+
+# %%
+from helpers import run_agent_threads
+
+target.simulator.configure(latency=0.3)
+threaded = run_agent_threads(lambda: Agent(target.chat_model(), output_type=Review), reviews, workers=3)
+draw(threaded, three_at_once, title="Six classifications: run_sync on 3 threads vs run with 3 in flight")
+
+# %%
+assert [r.answer.sentiment for r in threaded.records] == expected
+
+# %% [markdown]
+# Which to use? With pydantic-ai, asyncio is the natural fit: `agent.run` is the real implementation and
+# `run_sync` only wraps it in a loop per call. Threads are fine when the surrounding code is synchronous, as long
+# as each thread has its own agent. At scale, measure: the workbook's benchmark found that an agent call costs
+# around 10 ms of client CPU, so one Python process tops out near 100 agent calls per second whatever the
+# concurrency: bound it (tens in flight, not thousands).
+#
+# ## Summary
+#
+# - `Agent(model, output_type=SomeModel)` returns validated, typed answers: ideal for independent
+#   classifications, which parallelise cleanly.
+# - `await agent.run(...)` with `gather` and a semaphore, or the agent's own `max_concurrency`, caps the calls
+#   that reach the provider.
+# - `agent.run_sync` fails in a notebook's main thread (a loop is already running) and works in worker threads.
+# - **Never share one agent across `run_sync` threads**: its connections belong to one event loop, and calls fail
+#   with "bound to a different event loop" (or hang). One agent per thread, or asyncio with one agent.
+#
+# ## Exercises
+#
+# Solutions are in `04_pydantic_ai_solutions.ipynb`.
+#
+# **Exercise 4.1.** Classify the six `reviews` with an agent that has `max_concurrency=2`, starting all six with
+# one `gather` and no semaphore of your own. Store the six sentiments in `sentiments`.
+
+# %%
+target.simulator.reset()
+sentiments = None  # your code here
+
+# %%
+check(
+    sentiments == expected and target.simulator.stats(records=False)["peak_in_flight"] <= 2,
+    "right labels, and the agent kept at most two calls on the wire.",
+    "build Agent(model, output_type=Review, max_concurrency=2) and gather its run() for every review.",
+)
+
+# %% [markdown]
+# **Exercise 4.2.** Write `classify_all(reviews)` that classifies with `run_sync` on a pool of 3 threads, safely,
+# and returns the sentiments in input order.
+
+
+# %%
+def classify_all(reviews: list[str]) -> list[str]:
+    return []  # your code here
+
+
+# %%
+check(
+    classify_all(reviews * 3) == expected * 3,
+    "one agent per thread: eighteen calls, no event-loop errors, input order kept.",
+    "keep one agent per thread (threading.local) and map over the reviews with a ThreadPoolExecutor(3).",
+)
