@@ -186,6 +186,8 @@ def _default_label(strategy: str, workers: int | None) -> str:
     if workers is None or strategy == "sequential" or strategy.startswith("naive"):
         return strategy
     unit = "in flight" if strategy.startswith(("asyncio", "agent-asyncio", "agent-max")) else "workers"
+    if unit == "workers" and workers == 1:
+        unit = "worker"
     return f"{strategy} ({workers} {unit})"
 
 
@@ -235,9 +237,12 @@ def _fail(record: CallRecord, exc: BaseException) -> None:
     record.exception = exc
     text = str(exc) or exc.__class__.__name__
     record.error = f"{exc.__class__.__name__}: {text[:300]}" if not text.startswith(exc.__class__.__name__) else text
-    attempts = getattr(exc, "attempts", None)
-    if isinstance(attempts, int):
+    attempts = getattr(exc, "attempts", None)  # set by helpers.retry when it gives up
+    if isinstance(attempts, int) and not isinstance(attempts, bool):
         record.attempts = attempts
+    waited = getattr(exc, "waited", None)
+    if isinstance(waited, int | float) and not isinstance(waited, bool):
+        record.waited = float(waited)
 
 
 def _check_workers(workers: Any, name: str = "workers") -> int:
@@ -552,14 +557,19 @@ async def run_naive_async(
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
     max_tokens: int | None = None,
+    make_client: Callable[[], Any] | None = None,
 ) -> RunReport:
-    """A new ``httpx.AsyncClient`` for every call and an unbounded ``gather``: the pattern to avoid (lesson 03)."""
+    """A new ``httpx.AsyncClient`` for every call and an unbounded ``gather``: the pattern to avoid (lesson 03).
+
+    ``make_client()``, if given, builds each call's client instead (``run`` passes ``target.async_client`` for a
+    real provider, so that the quota guard sees these calls too)."""
     import httpx
 
     from .calls import answer_from, chat_request
 
     async def call(prompt: str) -> str:
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
+        fresh = make_client() if make_client else httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        async with fresh as client:
             response = await client.post("/chat/completions", json=chat_request(model, prompt, max_tokens=max_tokens))
             return answer_from(response)
 
@@ -680,7 +690,8 @@ def run(
     """Run ``prompts`` against ``target`` (from ``helpers.connect()``) with a strategy named in ``STRATEGIES``.
 
     Builds the clients the strategy needs, so the timing includes building them once per run.
-    Against a real provider, more than ``target.max_in_flight`` calls at once is refused before any call.
+    Against a real provider, more than ``target.max_in_flight`` calls at once is refused before any call, and so
+    is a run that would not fit in what is left of the quota guard's budget (``target.quota``).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -698,6 +709,12 @@ def run(
             f"guard allows at most {cap}. Lower workers (or the number of prompts), or use the "
             "simulator."
         )
+    quota = getattr(target, "quota", None)
+    if quota is not None:  # a real provider: a run that would not fit in the session's budget never starts
+        from .quota import estimate_tokens
+
+        per_call = max((estimate_tokens(p, max_tokens) for p in items), default=0)
+        quota.check_run(len(items), per_call, workers=max(1, in_flight))
     model = target.model
     if base in ("sequential", "threads", "naive-threads"):
         with target.client(connections=max(workers, len(items) if base == "naive-threads" else 1)) as client:
@@ -725,8 +742,11 @@ def run(
 
         return run_in_new_loop(go_async())
     if base == "naive-asyncio":
+        guarded = None if quota is None else (lambda: target.async_client(timeout=60.0, connections=1))
         return run_in_new_loop(
-            run_naive_async(target.base_url, model, items, headers=target._headers(), max_tokens=max_tokens)
+            run_naive_async(
+                target.base_url, model, items, headers=target._headers(), max_tokens=max_tokens, make_client=guarded
+            )
         )
     from pydantic_ai import Agent
 
