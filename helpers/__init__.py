@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .calls import APIError, MalformedResponse, ask, ask_agent, ask_async
+    from .quota import QuotaExceeded, QuotaGuard
+    from .retry import is_retryable, retry, retry_async, with_retries
     from .runs import (
         STRATEGIES,
         Answer,
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
         run_threads,
     )
     from .settings import Secret, SetupError, Target, connect
+    from .throttle import Throttle
     from .timeline import draw, draw_server, summary_table
 
 _MODULES = {
@@ -48,6 +51,9 @@ _MODULES = {
         "run_agent_async",
     ],
     "timeline": ["draw", "draw_server", "summary_table"],
+    "retry": ["retry", "retry_async", "with_retries", "is_retryable"],
+    "throttle": ["Throttle"],
+    "quota": ["QuotaGuard", "QuotaExceeded"],
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -57,16 +63,22 @@ __all__ = [
     "Answer",
     "CallRecord",
     "MalformedResponse",
+    "QuotaExceeded",
+    "QuotaGuard",
     "RunReport",
     "Secret",
     "SetupError",
     "Target",
+    "Throttle",
     "ask",
     "ask_agent",
     "ask_async",
     "connect",
     "draw",
     "draw_server",
+    "is_retryable",
+    "retry",
+    "retry_async",
     "run",
     "run_agent_async",
     "run_agent_threads",
@@ -77,6 +89,7 @@ __all__ = [
     "run_sequential",
     "run_threads",
     "summary_table",
+    "with_retries",
 ]
 
 

@@ -2,8 +2,10 @@
 
 With no ``LLM_BASE_URL`` set, :func:`connect` starts the local simulator (once per Python process) and points
 everything at it. With ``LLM_BASE_URL`` (and ``LLM_MODEL``, ``LLM_API_KEY``) set, the same lesson code talks to
-OpenAI, Ollama or any OpenAI-compatible endpoint, and :attr:`Target.max_in_flight` keeps experiments at
-three calls in flight. The key is a :class:`Secret`: it is never printed and never part of a repr.
+OpenAI, Ollama or any OpenAI-compatible endpoint, and the quota guard (:attr:`Target.quota`, see
+``helpers.quota``) keeps experiments at three calls in flight and within a budget of calls and tokens: every
+client a real-provider Target builds sends its requests through it. The key is a :class:`Secret`: it is never
+printed and never part of a repr.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from . import quota as _quota
 from . import simulator as _simulator
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REAL_PROVIDER_MAX_IN_FLIGHT", "Secret", "SetupError", "Target", "connect"]
 
-REAL_PROVIDER_MAX_IN_FLIGHT = 3
+REAL_PROVIDER_MAX_IN_FLIGHT = _quota.DEFAULT_MAX_IN_FLIGHT
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
@@ -55,12 +58,25 @@ class Secret:
 
 @dataclass(frozen=True)
 class Target:
-    """One place calls go: base URL (ending in ``/v1``), model name, key, and what kind of endpoint it is."""
+    """One place calls go: base URL (ending in ``/v1``), model name, key, and what kind of endpoint it is.
+
+    ``quota`` is the quota guard every client of this target goes through. A real provider (no ``simulator``)
+    always has one: the session's shared guard unless another is given. The simulator has none, unless one is
+    given on purpose (to show the guard at work without a real provider).
+    """
 
     base_url: str
     model: str
     api_key: Secret | None = field(default=None, repr=False)
     simulator: _simulator.Simulator | None = field(default=None, repr=False, compare=False)
+    quota: _quota.QuotaGuard | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        guard = self.quota
+        if guard is None and self.simulator is None:
+            guard = _quota.session_guard()
+        if guard is not None:  # the same budget, priced for this target's model
+            object.__setattr__(self, "quota", guard.for_model(self.model))
 
     @property
     def is_simulator(self) -> bool:
@@ -69,17 +85,21 @@ class Target:
     @property
     def max_in_flight(self) -> int | None:
         """The quota guard's cap on calls in flight: 3 for a real provider, none for the simulator."""
-        return None if self.is_simulator else REAL_PROVIDER_MAX_IN_FLIGHT
+        return None if self.quota is None else self.quota.max_in_flight
 
     def describe(self) -> str:
         """One line for the top of a lesson: where calls go and with which model (never the key)."""
         if self.is_simulator:
             return f"calls go to the built-in LLM simulator at {self.base_url}, model {self.model} (no key needed)"
         key = "with the key from LLM_API_KEY" if self.api_key else "without a key"
-        return (
-            f"calls go to a real provider at {self.base_url}, model {self.model}, {key}; "
-            f"at most {self.max_in_flight} calls in flight"
-        )
+        guard = ""
+        if self.quota is not None:
+            q = self.quota
+            guard = (
+                f"; at most {q.max_in_flight} calls in flight, budget {q.max_calls:,} calls / {q.max_tokens:,} tokens "
+                f"this session ({q.calls:,} calls, {q.tokens:,} tokens used)"
+            )
+        return f"calls go to a real provider at {self.base_url}, model {self.model}, {key}{guard}"
 
     def __repr__(self) -> str:
         kind = "simulator" if self.is_simulator else "provider"
@@ -97,29 +117,59 @@ class Target:
 
     def client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100) -> httpx.Client:
         """A synchronous ``httpx.Client`` for this target: build it once, share it between threads."""
-        return httpx.Client(
-            base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=self._limits(connections)
-        )
+        limits = self._limits(connections)
+        if self.quota is None:
+            return httpx.Client(base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=limits)
+        # With a transport of its own, a client takes its pool limits (and proxy) from that transport.
+        transport = self.quota.wrap_transport(httpx.HTTPTransport(limits=limits, proxy=_env_proxy(self.base_url)))
+        return httpx.Client(base_url=self.base_url, headers=self._headers(), timeout=timeout, transport=transport)
 
     def async_client(
         self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100
     ) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for this target: build it once per event loop and share it between tasks."""
-        return httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=self._limits(connections)
-        )
+        limits = self._limits(connections)
+        if self.quota is None:
+            return httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=limits)
+        inner = httpx.AsyncHTTPTransport(limits=limits, proxy=_env_proxy(self.base_url))
+        transport = self.quota.wrap_transport(inner)
+        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout, transport=transport)
+
+    def _guarded_httpx2(self, *, sync: bool) -> Any:
+        """An httpx2 client (what the openai SDK and pydantic-ai use) whose requests go through the quota guard,
+        with the SDKs' own defaults: 600 s timeout (5 s to connect), a pool of 1000 connections."""
+        import httpx2
+
+        assert self.quota is not None
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        timeout = httpx2.Timeout(600.0, connect=5.0)
+        proxy = _env_proxy(self.base_url)
+        if sync:
+            transport = self.quota.wrap_transport(httpx2.HTTPTransport(limits=limits, proxy=proxy))
+            return httpx2.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        transport = self.quota.wrap_transport(httpx2.AsyncHTTPTransport(limits=limits, proxy=proxy))
+        return httpx2.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
 
     def _provider(self) -> Any:
         key = self.api_key.reveal() if self.api_key else "no-key-needed"
         host = urlsplit(self.base_url).hostname or ""
+        http_client = self._guarded_httpx2(sync=False) if self.quota is not None else None
+        provider: Any
         if host == "api.openai.com":
             from pydantic_ai.providers.openai import OpenAIProvider
 
-            return OpenAIProvider(base_url=self.base_url, api_key=key)
-        from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
+            provider = OpenAIProvider(base_url=self.base_url, api_key=key, http_client=http_client)
+        else:
+            from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 
-        name = "llm-simulator" if self.is_simulator else "openai-compatible"
-        return OpenAICompatibleProvider(name, base_url=self.base_url, api_key=key)
+            name = "llm-simulator" if self.is_simulator else "openai-compatible"
+            provider = OpenAICompatibleProvider(name, base_url=self.base_url, api_key=key, http_client=http_client)
+        if http_client is not None:
+            # The provider owns the guarded client as it owns the one it makes by default: leaving the agent
+            # (``async with``) closes it, and a run on another event loop gets a fresh one, through the guard too.
+            provider._own_http_client = http_client
+            provider._http_client_factory = lambda: self._guarded_httpx2(sync=False)
+        return provider
 
     def chat_model(self) -> OpenAIChatModel:
         """A pydantic-ai model on Chat Completions at this target (building one costs ~50 ms: reuse it)."""
@@ -138,6 +188,8 @@ class Target:
         import openai
 
         key = self.api_key.reveal() if self.api_key else "no-key-needed"
+        if self.quota is not None:
+            options["http_client"] = self._sdk_http_client(options, sync=True)
         return openai.OpenAI(base_url=self.base_url, api_key=key, **options)
 
     def async_openai_client(self, **options: Any) -> openai.AsyncOpenAI:
@@ -145,7 +197,17 @@ class Target:
         import openai
 
         key = self.api_key.reveal() if self.api_key else "no-key-needed"
+        if self.quota is not None:
+            options["http_client"] = self._sdk_http_client(options, sync=False)
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **options)
+
+    def _sdk_http_client(self, options: dict[str, Any], *, sync: bool) -> Any:
+        if options.get("http_client") is not None:
+            raise ValueError(
+                "http_client cannot be given for a real provider: the quota guard supplies the HTTP client, so that "
+                "every request goes through it. Pass timeout=... or max_retries=... instead."
+            )
+        return self._guarded_httpx2(sync=sync)
 
 
 _lock = threading.Lock()
@@ -199,10 +261,28 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
         raise SetupError(
             f"Set LLM_API_KEY to your API key for {parts.hostname} (it is read from the environment and never printed)."
         )
-    target = Target(base_url=base_url.rstrip("/"), model=model, api_key=Secret(key_text) if key_text else None)
+    try:
+        guard = _quota.session_guard(env)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, when set, become the budget
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    target = Target(
+        base_url=base_url.rstrip("/"), model=model, api_key=Secret(key_text) if key_text else None, quota=guard
+    )
     if check:
         target = _check(target)
     return target
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), if any: a
+    client built on a transport of its own does not read these itself."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def _check(target: Target) -> Target:
