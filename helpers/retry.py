@@ -148,9 +148,15 @@ async def retry_async(
 def with_retries(call: Callable[[str], Any], **options: Any) -> Callable[[str], Any]:
     """``call`` with retries, ready for ``run_threads`` (or, for a coroutine function, ``run_async``).
 
-    ``options`` are those of :func:`retry`: ``with_retries(ask_one, attempts=5, max_wait=20)``.
+    ``options`` are those of :func:`retry`: ``with_retries(ask_one, attempts=5, max_wait=20)``. A seed (``rng=1``)
+    becomes one ``random.Random`` shared by all the calls, so that they do not all draw the same waits.
     """
+    unknown = sorted(set(options) - {"attempts", "base", "cap", "max_wait", "rng", "sleep"})
+    if unknown:
+        raise TypeError(f"unknown retry option(s) {', '.join(unknown)}; use attempts, base, cap, max_wait, rng, sleep")
     _check(options.get("attempts", 4), options.get("base", 0.5), options.get("cap", 8.0), options.get("max_wait", 30.0))
+    if options.get("rng") is not None:
+        options["rng"] = _rng(options["rng"])
     if inspect.iscoroutinefunction(call):
 
         @functools.wraps(call)

@@ -304,6 +304,22 @@ def test_openai_sdk_errors_are_sorted_too(sim: simulator.Simulator) -> None:
 def test_bad_options_say_what_to_change(options: dict[str, Any], names: str) -> None:
     with pytest.raises(ValueError, match=names):
         retry(lambda p: p, "x", **options)
-    if names != "rng":
-        with pytest.raises(ValueError, match=names):
-            with_retries(lambda p: p, **options)
+    with pytest.raises(ValueError, match=names):
+        with_retries(lambda p: p, **options)
+
+
+def test_with_retries_names_an_unknown_option() -> None:
+    with pytest.raises(TypeError, match="attempt"):
+        with_retries(lambda p: p, attempt=3)
+
+
+def test_with_retries_shares_one_seeded_rng_between_calls() -> None:
+    def fails(prompt: str) -> str:
+        raise APIError(500, "oops")
+
+    sleeps = Sleeps()
+    call = with_retries(fails, attempts=2, rng=5, sleep=sleeps)
+    for _ in range(2):
+        with pytest.raises(APIError):
+            call("x")
+    assert len(sleeps.waits) == 2 and sleeps.waits[0] != sleeps.waits[1]  # not the same draw for every call
