@@ -8,7 +8,8 @@ the openai SDK, pydantic-ai models) sends its requests through the guard, whatev
 - every request counts as a call, and the ``usage`` of every JSON answer (or of the last event of a stream)
   counts its tokens;
 - once this session's budget is spent (``LLM_MAX_CALLS`` calls, ``LLM_MAX_TOKENS`` tokens; 100 and 50,000 by
-  default) the next request is refused with :class:`QuotaExceeded` before anything is sent.
+  default) the next request is refused with :class:`QuotaExceeded` before anything is sent. Tokens are known
+  only when answers come back, so the calls in flight when the token budget runs out may go a little past it.
 
 ``guard.check_run(n_calls, est_tokens_per_call, workers)`` refuses a whole run *before its first call* when it
 would not fit in what is left, with the estimate (calls, tokens, cost where the price is known) and how to
@@ -132,26 +133,32 @@ class _Ledger:
     def used_tokens(self) -> int:
         return sum(i + o for i, o in self.tokens.values())
 
-    def spent(self) -> str | None:
-        """Why no more calls are allowed, or None while the budget lasts (call with the lock held)."""
+    def refusal(self) -> QuotaExceeded | None:
+        """The error to raise if the budget is spent, or None while it lasts (call with the lock held)."""
+        tokens = self.used_tokens()
         if self.calls >= self.max_calls:
-            return f"its budget of {self.max_calls:,} calls"
-        if self.used_tokens() >= self.max_tokens:
-            return f"its budget of {self.max_tokens:,} tokens"
-        return None
+            what, variable, setting = f"{self.max_calls:,} calls", "LLM_MAX_CALLS", f"max_calls={2 * self.max_calls}"
+        elif tokens >= self.max_tokens:
+            what, variable, setting = (
+                f"{self.max_tokens:,} tokens",
+                "LLM_MAX_TOKENS",
+                f"max_tokens={2 * self.max_tokens}",
+            )
+        else:
+            return None
+        return QuotaExceeded(
+            f"The quota guard stopped this call before it was sent: this session has used its budget of {what} "
+            f"({self.calls:,} of {self.max_calls:,} calls, {tokens:,} of {self.max_tokens:,} tokens). To allow more "
+            f"on purpose, set {variable} before connect(), or call target.quota.set_limits({setting})."
+        )
 
     def try_enter(self) -> bool:
         """Take a slot and count the call if a slot is free; refuse if the budget is spent (lock held)."""
-        why = self.spent()
-        if why is not None:
+        refusal = self.refusal()
+        if refusal is not None:
             self.refused += 1
-            raise QuotaExceeded(
-                f"The quota guard stopped this call before it was sent: this session has used {why} "
-                f"({self.calls:,} of {self.max_calls:,} calls, {self.used_tokens():,} of {self.max_tokens:,} "
-                "tokens). To allow more on purpose, "
-                "set LLM_MAX_CALLS (or LLM_MAX_TOKENS) before connect(), or call "
-                f"target.quota.set_limits(max_calls={max(2 * self.max_calls, self.calls + 10)})."
-            )
+            self.cond.notify_all()  # the others waiting for a slot are refused too, rather than left waiting
+            raise refusal
         if self.in_flight >= self.max_in_flight:
             return False
         self.in_flight += 1

@@ -297,6 +297,16 @@ def test_a_spent_call_budget_refuses_the_next_call_before_it_is_sent(sim: simula
     assert (guard.calls, guard.refused) == (6, 1)
 
 
+def test_threads_waiting_for_a_slot_are_refused_too_when_the_budget_runs_out(slow: simulator.Simulator) -> None:
+    target = provider(slow, quota=QuotaGuard(max_calls=5))
+    with target.client() as client, ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(ask, client, "sim-1", p) for p in TEN]
+        outcomes = [f.exception(timeout=20) for f in futures]  # none left waiting for a slot
+    assert sum(e is None for e in outcomes) == 5
+    assert sum(isinstance(e, QuotaExceeded) for e in outcomes) == 5
+    assert requests(slow) == 5 and peak(slow) <= 3
+
+
 def test_a_spent_budget_stops_every_kind_of_client(sim: simulator.Simulator) -> None:
     from pydantic_ai import Agent
 
@@ -331,7 +341,7 @@ def test_a_spent_token_budget(sim: simulator.Simulator) -> None:
     target = provider(sim, quota=guard)
     with target.client() as client:
         answered = 0
-        with pytest.raises(QuotaExceeded, match="30 tokens"):
+        with pytest.raises(QuotaExceeded, match=r"30 tokens.*LLM_MAX_TOKENS.*set_limits\(max_tokens=60\)"):
             for _ in range(10):
                 ask(client, "sim-1", "Reply: alpha")
                 answered += 1
