@@ -223,7 +223,7 @@ from helpers import run_naive_async
 
 forty = [f"Reply: answer {i}" for i in range(40)]
 shared = await run_async(call, forty, limit=None)
-per_call = await run_naive_async(target.base_url, target.model, forty)
+per_call = await run_naive_async(target.base_url, target.model, forty, make_client=target.async_client)
 draw(shared, per_call, title="40 calls at once: one shared AsyncClient vs a new AsyncClient per call")
 
 # %%
