@@ -49,7 +49,11 @@ def _png_output(figure: Any) -> dict[str, Any]:
 class Lab:
     """The lab panel. Its widgets are attributes, so a test (or a curious learner) can set and press them."""
 
-    def __init__(self, target: Any, *, max_prompts: int = 30) -> None:
+    def __init__(
+        self, target: Any, *, max_prompts: int = 30, show: tuple[str, ...] | None = None, **values: Any
+    ) -> None:
+        """``show`` names the controls to display (all by default), e.g. ``show=("workers",)`` for a small panel
+        inside a lesson; ``values`` set starting values, e.g. ``prompts=9, latency=0.4, profile="fixed"``."""
         self.target = target
         self.real_provider = not getattr(target, "is_simulator", False)
         cap = target.max_in_flight or 10
@@ -121,18 +125,28 @@ class Lab:
         self.run_button.on_click(lambda _: self.start())
         self.cancel_button.on_click(lambda _: self.cancel())
 
-        controls = widgets.VBox(
-            [self.prompts, self.strategy, self.workers, self.order, self.profile, self.latency, self.seed]
-        )
-        faults = widgets.VBox(
-            [widgets.HTML("<b>Faults</b> (injected by the simulator)"), self.fail_rate, self.rate_limit, self.hangs]
-        )
+        named = {
+            "prompts": self.prompts, "strategy": self.strategy, "workers": self.workers, "order": self.order,
+            "profile": self.profile, "latency": self.latency, "seed": self.seed, "fail_rate": self.fail_rate,
+            "rate_limit": self.rate_limit, "hangs": self.hangs,
+        }  # fmt: skip
+        unknown = sorted(set(show or ()) - set(named)) + sorted(set(values) - set(named))
+        if unknown:
+            raise ValueError(f"unknown lab control(s): {', '.join(unknown)}; known: {', '.join(named)}")
+        for name, value in values.items():
+            named[name].value = value
+        shown = set(show) if show is not None else set(named)
+        main = [w for key, w in named.items() if key in shown and key not in ("fail_rate", "rate_limit", "hangs")]
+        fault_controls = [w for key, w in named.items() if key in shown and key in ("fail_rate", "rate_limit", "hangs")]
+        columns = [widgets.VBox(main)]
+        if fault_controls:
+            columns.append(widgets.VBox([widgets.HTML("<b>Faults</b> (injected by the simulator)"), *fault_controls]))
         buttons = widgets.HBox([self.run_button, self.cancel_button, self.compare])
         self.panel = widgets.VBox(
             [
                 widgets.HTML("<h3 style='margin:0'>Parallel LLM calls lab</h3>"),
                 self.note,
-                widgets.HBox([controls, faults]),
+                widgets.HBox(columns),
                 buttons,
                 widgets.HBox([self.progress, self.status]),
                 widgets.HTML("<b>Answers, in the order your code receives them</b>"),
@@ -201,6 +215,7 @@ class Lab:
         return HANG_TIMEOUT if self.hangs.value else 30.0
 
     def _run(self) -> None:
+        saved = None if self.real_provider else self.target.simulator.config()
         try:
             timeout = self._prepare_simulator()
             prompts = [f"Reply: answer {i}" for i in range(self.prompts.value)]
@@ -232,6 +247,12 @@ class Lab:
             self.error = exc
             self.status.value = f"<span style='color:#b00'>The run failed: {html.escape(str(exc))}</span>"
         finally:
+            if saved is not None:  # leave the simulator as the lesson had it
+                saved.pop("api_key", None)
+                try:
+                    self.target.simulator.configure(**saved)
+                except Exception as exc:
+                    self.error = self.error or exc
             self.run_button.disabled = False
             self.cancel_button.disabled = True
 

@@ -206,6 +206,17 @@ assert three_workers.wall > 0.9 * math.ceil(9 / 3) * 0.4  # three rounds
 assert nine_workers.wall < 0.6 * three_workers.wall
 
 # %% [markdown]
+# **Try it.** The panel below runs the same nine calls with the number of workers you choose. Move the slider,
+# press **Run**, and watch the staircase grow and shrink: 1, 2, 3, 5 and 9 workers. Where does adding workers
+# stop helping? (The full panel, with every control, is in `lab.ipynb`.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.lab import Lab
+
+Lab(target, show=("workers",), prompts=9, profile="fixed", latency=0.4, workers=3)
+
+# %% [markdown]
 # Against a real provider that cap is your friend: every call in flight takes a slot of your rate limit, so the
 # workbook keeps `max_workers` at 3 there. More workers only help while the provider keeps up (lesson 06).
 #

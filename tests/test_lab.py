@@ -132,3 +132,24 @@ def test_unreachable_endpoint_is_reported_in_the_panel() -> None:
     report = panel.wait(30)
     assert report is not None and len(report.failures) == 2
     assert "ConnectError" in panel.answers.value
+
+
+def test_a_small_panel_shows_only_what_it_names_and_leaves_the_simulator_as_it_was() -> None:
+    target = connect(env={}, seed=5, latency=0.05, profile="fixed", fault_on={"beta": "500"})
+    before = target.simulator.config()
+    panel = Lab(target, show=("workers",), prompts=4, latency=0.2)
+    shown = [w for box in panel.panel.children if hasattr(box, "children") for w in box.children]
+    flat = [w for b in shown for w in getattr(b, "children", [b])]
+    assert panel.workers in flat and panel.prompts not in flat and panel.fail_rate not in flat
+    panel.start()
+    report = panel.wait(30)
+    assert report is not None and report.n == 4 and panel.error is None
+    assert target.simulator.config() == before  # the lesson's settings are back
+
+
+def test_unknown_control_names_are_refused() -> None:
+    target = Target(base_url="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(ValueError, match="unknown lab control"):
+        Lab(target, show=("wokers",))
+    with pytest.raises(ValueError, match="unknown lab control"):
+        Lab(target, speed=3)
