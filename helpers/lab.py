@@ -31,6 +31,7 @@ STRATEGY_CHOICES = {
 }
 RATE_LIMIT_RPM = 20  # small enough that a few runs in a row meet it
 HANG_TIMEOUT = 3.0  # client timeout while hangs are switched on: a hung call fails after this long
+CANCEL_WAIT = 0.5  # after Cancel, wait this long for calls in flight, then stop without them
 
 
 def _png_output(figure: Any) -> dict[str, Any]:
@@ -263,10 +264,20 @@ class Lab:
         if strategy in ("sequential", "threads"):
             with self.target.client(timeout=timeout, connections=max(1, workers)) as client:
                 call = self._counted(lambda prompt: ask(client, self.target.model, prompt))
-                if strategy == "sequential":
-                    return runs.run_sequential(call, prompts, on_result=on_result, cancel=self._cancel)
+                if strategy == "sequential":  # one worker thread, so that Cancel need not wait for a call
+                    report = runs.run_threads(
+                        call, prompts, workers=1, on_result=on_result, cancel=self._cancel, abandon_after=CANCEL_WAIT
+                    )
+                    report.strategy, report.workers, report.label = "sequential", 1, "sequential"
+                    return report
                 return runs.run_threads(
-                    call, prompts, workers=workers, order=order, on_result=on_result, cancel=self._cancel
+                    call,
+                    prompts,
+                    workers=workers,
+                    order=order,
+                    on_result=on_result,
+                    cancel=self._cancel,
+                    abandon_after=CANCEL_WAIT,
                 )
         if strategy == "asyncio":
 

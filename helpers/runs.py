@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import itertools
 import threading
 import time
@@ -337,11 +338,17 @@ def run_threads(
     order: str = "input",
     on_result: OnResult | None = None,
     cancel: threading.Event | None = None,
+    abandon_after: float | None = None,
 ) -> RunReport:
     """Run ``call(prompt)`` on a ``ThreadPoolExecutor`` with ``workers`` threads (lesson 02).
 
     ``order="input"`` uses ``pool.map``: answers arrive in input order, so a fast answer waits for a slower
     one before it. ``order="completion"`` uses ``submit`` + ``as_completed``: answers arrive as calls finish.
+
+    When ``cancel`` is set, no new call starts. Calls already in flight cannot be interrupted (a thread blocked
+    in a network read cannot be stopped from outside); by default the run waits for them and keeps their
+    answers. With ``abandon_after=s`` it waits at most ``s`` seconds for them, then returns: those calls are
+    recorded as cancelled, and their threads end on their own when their answers arrive (the lab uses this).
     """
     workers, order = _check_workers(workers), _check_order(order)
     items = _prompts(prompts)
@@ -356,34 +363,62 @@ def run_threads(
             return None  # not delivered, like the calls the pool drops
         return _timed(call, record, clock)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread") as pool:
-        futures = [pool.submit(task, r) for r in records]
-        stream = futures if order == "input" else as_completed(futures)
-        try:
-            for future in stream:
-                _wait_or_cancel(future, cancel, pool)
-                done = None if future.cancelled() else future.result()
-                if done is not None:
-                    _deliver(done, clock, delivered, on_result)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread")
+    futures = [pool.submit(task, r) for r in records]
+    stream = futures if order == "input" else as_completed(futures)
+    deadline: list[float] = []  # set when the run is cancelled and abandon_after is given
+    abandoned = False
+    try:
+        for future in stream:
+            if not _wait_or_cancel(future, cancel, pool, abandon_after, deadline):
+                abandoned = True
+                break
+            done = None if future.cancelled() else future.result()
+            if done is not None:
+                _deliver(done, clock, delivered, on_result)
+    finally:
+        pool.shutdown(wait=not abandoned, cancel_futures=True)
+    if abandoned:
+        now = clock.now()
+        kept = []
+        for record, future in zip(records, futures, strict=True):
+            copy = dataclasses.replace(record)  # the thread may still write into the original later
+            if not future.done():
+                copy.end = now
+                copy.error = "cancelled while in flight: the run stopped without waiting for its answer"
+            kept.append(copy)
+        records = kept
     for record, future in zip(records, futures, strict=True):
         if future.cancelled():
             _cancelled(record, clock)
     return clock.report(strategy, records, workers, delivered, _was_cancelled(cancel))
 
 
-def _wait_or_cancel(future: Future[Any], cancel: threading.Event | None, pool: ThreadPoolExecutor) -> None:
-    """Wait for ``future``; if the run is cancelled meanwhile, drop the calls that have not started."""
+def _wait_or_cancel(
+    future: Future[Any],
+    cancel: threading.Event | None,
+    pool: ThreadPoolExecutor,
+    abandon_after: float | None = None,
+    deadline: list[float] | None = None,
+) -> bool:
+    """Wait for ``future``; if the run is cancelled meanwhile, drop the calls that have not started.
+
+    Returns False when the run should stop waiting for calls in flight (``abandon_after`` has passed)."""
     if cancel is None:
         future.result()
-        return
+        return True
     while not future.done():
         done, _ = wait([future], timeout=0.05, return_when=FIRST_COMPLETED)
         if not done and cancel.is_set():
             pool.shutdown(wait=False, cancel_futures=True)
-            future.exception()  # a call already running is let finish: its answer is kept
-            return
+            if abandon_after is None or deadline is None:
+                future.exception()  # a call already running is let finish: its answer is kept
+                return True
+            if not deadline:
+                deadline.append(time.monotonic() + abandon_after)
+            wait([future], timeout=max(0.0, deadline[0] - time.monotonic()))
+            return future.done()
+    return True
 
 
 # --- asyncio ----------------------------------------------------------------------------------------------

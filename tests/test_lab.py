@@ -153,3 +153,19 @@ def test_unknown_control_names_are_refused() -> None:
         Lab(target, show=("wokers",))
     with pytest.raises(ValueError, match="unknown lab control"):
         Lab(target, speed=3)
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "threads"])
+def test_cancel_returns_within_a_second_even_while_long_calls_are_in_flight(lab: Lab, strategy: str) -> None:
+    lab.strategy.value, lab.prompts.value, lab.workers.value, lab.latency.value = strategy, 6, 2, 2.0
+    lab.run_button.click()
+    time.sleep(0.5)  # two-second calls are in flight now
+    pressed = time.monotonic()
+    lab.cancel_button.click()
+    while lab.running and time.monotonic() - pressed < 10:
+        time.sleep(0.01)
+    assert time.monotonic() - pressed < 1.0 + 1.5  # 0.5 s grace for calls in flight, plus drawing, on a busy machine
+    report = lab.report
+    assert report is not None and report.cancelled and report.n == 6
+    assert all(not r.ok for r in report.records)  # nothing had finished yet ...
+    assert any("in flight" in (r.error or "") for r in report.records)  # ... and the in-flight calls say so
