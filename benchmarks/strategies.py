@@ -1,0 +1,1154 @@
+"""How fast is each way of making many LLM calls? Every strategy against the local simulator, side by side.
+
+Run by hand (not a test):
+
+    .venv/bin/python benchmarks/strategies.py [--quick] [--repeats R] [--max-ideal SECONDS] [--out DIR]
+
+The simulator answers every call in exactly 0.5 s (``profile="fixed"``, no capacity limit), so the shortest
+possible wall time of a run is known: ``ceil(N / workers) x 0.5 s`` for a strategy with ``workers`` calls in
+flight, 0.5 s for an unbounded one (every call at once), ``N x 0.5 s`` for sequential. Each cell (strategy,
+workers, N) is run ``--repeats`` times with clients built and warmed up before the clock starts; the table
+holds medians. See benchmarks/README.md for what each strategy is and how to read the table.
+
+Writes ``strategies.md`` (the table, the checks against the targets, the errors seen), ``strategies.json``
+(every repeat) and ``strategies.png`` (efficiency against N, one panel per worker count) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from helpers import simulator
+from helpers.calls import ask, ask_async
+from helpers.runs import (
+    RunReport,
+    run_agent_async,
+    run_agent_threads,
+    run_async,
+    run_in_new_loop,
+    run_naive_async,
+    run_naive_threads,
+    run_sequential,
+    run_threads,
+)
+from helpers.settings import DEFAULT_TIMEOUT, Target
+
+LATENCY = 0.5
+NS = (3, 30, 300, 1000)
+QUICK_NS = (3, 30, 300)
+WORKERS = (3, 32, 100)
+SENSIBLE_BOUND = 32  # the worker count the targets are checked at for N = 1000
+NAIVE = "naive-asyncio"  # the reference of the "vs naive" column
+UNSAFE_CALL_TIMEOUT = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- what is measured -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One run of one cell: medians over these make the table."""
+
+    wall: float
+    cpu: float
+    sim_cpu: float
+    errors: int
+    timeouts: int = 0
+    wrong: int = 0
+    peak_in_flight: int | None = None
+    hung: bool = False
+    unfinished: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "wall": round(self.wall, 4),
+            "client_cpu": round(self.cpu, 4),
+            "server_cpu": round(self.sim_cpu, 4),
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "wrong_answers": self.wrong,
+            "server_peak_in_flight": self.peak_in_flight,
+            "hung": self.hung,
+            "unfinished": self.unfinished,
+            "error_messages": dict(self.messages.most_common()),
+        }
+
+
+@dataclass
+class Cell:
+    strategy: str
+    workers: int | None
+    n: int
+    ideal: float
+    skipped: str | None = None
+    runs: list[Measurement] = field(default_factory=list)
+    seconds: float = 0.0  # how long the cell took, setup included
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(m, name) for m in self.runs)
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.runs)
+
+    @property
+    def hung(self) -> bool:
+        return any(m.hung for m in self.runs)
+
+    @property
+    def wall(self) -> float:
+        return self.median("wall")
+
+    @property
+    def efficiency(self) -> float:
+        return self.ideal / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def errors(self) -> int:
+        return int(statistics.median(m.errors for m in self.runs))
+
+    @property
+    def errors_max(self) -> int:
+        return max(m.errors for m in self.runs)
+
+    @property
+    def messages(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for m in self.runs:
+            total.update(m.messages)
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "strategy": self.strategy,
+            "workers": self.workers,
+            "n": self.n,
+            "ideal": self.ideal,
+            "skipped": self.skipped,
+        }
+        if self.measured:
+            data.update(
+                {
+                    "median_wall": round(self.wall, 4),
+                    "efficiency": round(self.efficiency, 4),
+                    "median_client_cpu": round(self.median("cpu"), 4),
+                    "median_server_cpu": round(self.median("sim_cpu"), 4),
+                    "median_errors": self.errors,
+                    "max_errors": self.errors_max,
+                    "hung": self.hung,
+                    "seconds_with_setup": round(self.seconds, 2),
+                    "runs": [m.to_json() for m in self.runs],
+                }
+            )
+        return data
+
+
+def _normalise(message: str) -> str:
+    """Error texts without the parts that differ per call (addresses, ids), so equal errors group together."""
+    message = re.sub(r"0x[0-9a-fA-F]+", "0x…", message)
+    message = re.sub(r"\b[0-9a-f]{8}-[0-9a-f-]{27,}\b", "<id>", message)
+    return message[:160]
+
+
+def expected(prompt: str) -> str:
+    return prompt.removeprefix("Reply: ")
+
+
+# --- the bench: one simulator, one target, the meters ------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, sim: simulator.Simulator, unsafe_timeout: float) -> None:
+        self.sim = sim
+        self.target = Target(base_url=sim.api_url, model=sim._config.models[0], simulator=sim)
+        self.model = self.target.model
+        self.unsafe_timeout = unsafe_timeout
+        self._pid = sim.process.pid if sim.process else None
+        try:
+            import psutil
+
+            self._proc: Any = psutil.Process(self._pid) if self._pid else None
+        except ImportError:
+            self._proc = None
+
+    # the server's CPU time, from psutil or /proc
+    def sim_cpu(self) -> float:
+        if self._proc is not None:
+            times = self._proc.cpu_times()
+            return float(times.user + times.system)
+        if self._pid is None:
+            return math.nan
+        try:
+            fields = Path(f"/proc/{self._pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return math.nan
+
+    def prompts(self, n: int) -> list[str]:
+        return [f"Reply: p{i}" for i in range(n)]
+
+    def start_meter(self) -> float:
+        """Right before the run: forget the server's counters (warm-up included) and read its CPU time."""
+        self.sim.reset()
+        return self.sim_cpu()
+
+    def measurement(self, report: RunReport, sim_cpu0: float, prompts: Sequence[str]) -> Measurement:
+        sim_cpu = self.sim_cpu() - sim_cpu0
+        stats = self.sim.stats(records=False)
+        messages: Counter[str] = Counter()
+        timeouts = wrong = 0
+        for record in report.records:
+            if record.error is not None:
+                messages[_normalise(record.error)] += 1
+                exc = record.exception
+                if isinstance(exc, TimeoutError | httpx.TimeoutException) or "Timeout" in record.error.split(":")[0]:
+                    timeouts += 1
+            elif str(record.answer) != expected(prompts[record.index]):
+                wrong += 1
+                messages["wrong answer"] += 1
+        return Measurement(
+            report.wall,
+            report.cpu,
+            sim_cpu,
+            len(report.failures) + wrong,
+            timeouts,
+            wrong,
+            stats.get("peak_in_flight"),
+            messages=messages,
+        )
+
+    def sync_call(self, client: httpx.Client) -> Callable[[str], str]:
+        model = self.model
+
+        def call(prompt: str) -> str:
+            return ask(client, model, prompt)
+
+        return call
+
+    def async_call(self, client: httpx.AsyncClient) -> Callable[[str], Any]:
+        model = self.model
+
+        async def acall(prompt: str) -> str:
+            return await ask_async(client, model, prompt)
+
+        return acall
+
+    def chat_model(self) -> Any:
+        return self.target.chat_model()
+
+
+# --- the strategies -----------------------------------------------------------------------------------------
+#
+# Each measure function builds its client (or agent) once, warms it up with one call, then runs the cell
+# ``repeats`` times with it: building a client once and reusing it is the recommended practice being measured.
+
+Measure = Callable[[Bench, int, int | None, int], list[Measurement]]
+
+
+def _pause() -> None:
+    gc.collect()
+    time.sleep(0.1)  # let the previous run's connections close
+
+
+def _repeat_sync(b: Bench, repeats: int, run: Callable[[], RunReport], prompts: Sequence[str]) -> list[Measurement]:
+    out = []
+    for _ in range(repeats):
+        _pause()
+        meter = b.start_meter()
+        out.append(b.measurement(run(), meter, prompts))
+    return out
+
+
+async def _repeat_async(b: Bench, repeats: int, run: Callable[[], Any], prompts: Sequence[str]) -> list[Measurement]:
+    out = []
+    for _ in range(repeats):
+        gc.collect()
+        await asyncio.sleep(0.1)
+        meter = b.start_meter()
+        out.append(b.measurement(await run(), meter, prompts))
+    return out
+
+
+def m_sequential(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    prompts = b.prompts(n)
+    with b.target.client(connections=1) as client:
+        call = b.sync_call(client)
+        call("Reply: warm")
+        return _repeat_sync(b, repeats, lambda: run_sequential(call, prompts), prompts)
+
+
+def m_threads(order: str) -> Measure:
+    def measure(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+        assert workers is not None
+        prompts = b.prompts(n)
+        with b.target.client(connections=workers) as client:
+            call = b.sync_call(client)
+            call("Reply: warm")
+            return _repeat_sync(b, repeats, lambda: run_threads(call, prompts, workers=workers, order=order), prompts)
+
+    return measure
+
+
+def m_asyncio(order: str) -> Measure:
+    def measure(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+        assert workers is not None
+        prompts = b.prompts(n)
+
+        async def go() -> list[Measurement]:
+            async with b.target.async_client(connections=workers) as client:
+                acall = b.async_call(client)
+                await acall("Reply: warm")
+                return await _repeat_async(
+                    b, repeats, lambda: run_async(acall, prompts, limit=workers, order=order), prompts
+                )
+
+        return asyncio.run(go())
+
+    return measure
+
+
+def m_unbounded_shared(raised: bool) -> Measure:
+    def measure(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+        prompts = b.prompts(n)
+
+        async def go() -> list[Measurement]:
+            if raised:  # as many connections (and keep-alive slots) as calls
+                client = b.target.async_client(connections=max(n, 100))
+            else:  # httpx's default limits: at most 100 connections, 20 kept alive
+                client = httpx.AsyncClient(base_url=b.target.base_url, timeout=DEFAULT_TIMEOUT)
+            async with client:
+                acall = b.async_call(client)
+                await acall("Reply: warm")
+                return await _repeat_async(b, repeats, lambda: run_async(acall, prompts, limit=None), prompts)
+
+        return asyncio.run(go())
+
+    return measure
+
+
+def m_naive_threads(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    prompts = b.prompts(n)
+    with b.target.client(connections=n) as client:
+        call = b.sync_call(client)
+        call("Reply: warm")
+        return _repeat_sync(b, repeats, lambda: run_naive_threads(call, prompts), prompts)
+
+
+def m_naive_asyncio(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    prompts = b.prompts(n)
+
+    async def go() -> list[Measurement]:  # nothing to warm: building a client per call is the point
+        return await _repeat_async(b, repeats, lambda: run_naive_async(b.target.base_url, b.model, prompts), prompts)
+
+    return asyncio.run(go())
+
+
+def m_agent_threads(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    """One agent per pool thread. The agents are built before the clock starts, but cannot be warmed up:
+    an agent's HTTP client belongs to the event loop that first uses it, which must be its thread's own;
+    and a new pool has new threads, so each repeat gets new agents."""
+    from pydantic_ai import Agent
+
+    assert workers is not None
+    prompts = b.prompts(n)
+    out = []
+    for _ in range(repeats):
+        _pause()
+        agents = [Agent(b.chat_model()) for _ in range(min(n, workers))]
+        lock = threading.Lock()
+
+        def make_agent(agents: list[Any] = agents, lock: threading.Lock = lock) -> Any:
+            with lock:
+                return agents.pop() if agents else Agent(b.chat_model())
+
+        meter = b.start_meter()
+        out.append(b.measurement(run_agent_threads(make_agent, prompts, workers=workers), meter, prompts))
+    return out
+
+
+def m_agent_asyncio(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    from pydantic_ai import Agent
+
+    assert workers is not None
+    prompts = b.prompts(n)
+
+    async def go() -> list[Measurement]:
+        async with Agent(b.chat_model()) as agent:
+            await agent.run("Reply: warm")
+            return await _repeat_async(b, repeats, lambda: run_agent_async(agent, prompts, limit=workers), prompts)
+
+    return asyncio.run(go())
+
+
+def m_agent_max_concurrency(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    from pydantic_ai import Agent
+
+    assert workers is not None
+    prompts = b.prompts(n)
+
+    async def go() -> list[Measurement]:
+        async with Agent(b.chat_model(), max_concurrency=workers) as agent:
+            await agent.run("Reply: warm")
+            return await _repeat_async(b, repeats, lambda: run_agent_async(agent, prompts, limit=None), prompts)
+
+    return asyncio.run(go())
+
+
+def m_agent_shared_unsafe(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    """One Agent shared by all pool threads, each calling run_sync. Each repeat runs in a new child process,
+    because a hung thread cannot be stopped from Python but a process can; and a run of a shared agent leaves
+    it broken for the next. Each call has a timeout, each run a deadline; after a hang there are no repeats."""
+    assert workers is not None
+    out: list[Measurement] = []
+    for _ in range(repeats):
+        _pause()
+        out.append(_unsafe_once(b, n, workers))
+        if out[-1].hung:
+            break
+    return out
+
+
+def _unsafe_once(b: Bench, n: int, workers: int) -> Measurement:
+    deadline = 4 * math.ceil(n / workers) * LATENCY + 20
+    spec = {"base_url": b.target.base_url, "model": b.model, "n": n, "workers": workers, "timeout": b.unsafe_timeout}
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child-unsafe", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    prompts = b.prompts(n)
+    messages: Counter[str] = Counter()
+    done: set[int] = set()
+    errors = timeouts = wrong = 0
+    child_cpu0 = 0.0
+    try:
+        ready = lines.get(timeout=60)
+        if not ready or not ready.startswith("READY"):
+            raise RuntimeError(f"the unsafe-agent child did not start: {ready!r}")
+        child_cpu0 = float(ready.split()[1])
+        meter = b.start_meter()
+        t0 = time.perf_counter()
+        assert child.stdin is not None
+        child.stdin.write("GO\n")
+        child.stdin.flush()
+        final: dict[str, Any] | None = None
+        while final is None:
+            left = deadline - (time.perf_counter() - t0)
+            try:
+                line = lines.get(timeout=max(0.0, left))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            item = json.loads(line)
+            if "final" in item:
+                final = item
+                continue
+            done.add(item["i"])
+            if item.get("error"):
+                errors += 1
+                messages[_normalise(item["error"])] += 1
+                timeouts += bool(item.get("timeout"))
+            elif item.get("answer") != expected(prompts[item["i"]]):
+                errors += 1
+                wrong += 1
+                messages["wrong answer"] += 1
+        wall = time.perf_counter() - t0
+        hung = final is None
+        if hung:
+            try:
+                import psutil
+
+                times = psutil.Process(child.pid).cpu_times()
+                cpu = float(times.user + times.system) - child_cpu0
+            except Exception:
+                cpu = math.nan
+            messages[f"hung: {n - len(done)} calls unfinished at the {deadline:.0f} s deadline"] += 1
+        else:
+            assert final is not None
+            wall, cpu = final["wall"], final["cpu"]
+        sim_cpu = b.sim_cpu() - meter
+        peak = b.sim.stats(records=False).get("peak_in_flight")
+    finally:
+        child.kill()
+        child.wait()
+    return Measurement(
+        wall,
+        cpu,
+        sim_cpu,
+        errors + (n - len(done) if hung else 0),
+        timeouts,
+        wrong,
+        peak,
+        hung=hung,
+        unfinished=n - len(done),
+        messages=messages,
+    )
+
+
+def child_unsafe(spec_text: str) -> None:
+    """The child of m_agent_shared_unsafe: one Agent, warmed up on the main thread, shared by a thread pool."""
+    from pydantic_ai import Agent
+
+    spec = json.loads(spec_text)
+    # The simulator is attached, so the target is not treated as a real provider (no quota guard, no 3-call cap).
+    sim = simulator.Simulator.attach(spec["base_url"])
+    target = Target(base_url=spec["base_url"], model=spec["model"], simulator=sim)
+    agent = Agent(target.chat_model())
+    agent.run_sync("Reply: warm")
+    print("READY", time.process_time(), flush=True)
+    sys.stdin.readline()
+    lock = threading.Lock()
+
+    def call(prompt: str) -> Any:
+        return agent.run_sync(prompt, timeout=spec["timeout"]).output
+
+    def emit(record: Any) -> None:
+        line = {
+            "i": record.index,
+            "answer": record.answer if record.ok else None,
+            "error": record.error,
+            "timeout": isinstance(record.exception, TimeoutError),
+        }
+        with lock:
+            print(json.dumps(line), flush=True)
+
+    prompts = [f"Reply: p{i}" for i in range(spec["n"])]
+    report = run_threads(call, prompts, workers=spec["workers"], order="completion", on_result=emit)
+    print(json.dumps({"final": True, "wall": report.wall, "cpu": report.cpu}), flush=True)
+    os._exit(0)  # leave at once, whatever the shared agent's loops still hold
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    what: str
+    measure: Measure
+    bounded: bool = True  # takes a worker count; else run once per N, every call in flight at once
+    recommended: bool = False
+    sequential: bool = False
+    max_n: int | None = None  # larger N only with --full
+
+
+STRATEGIES = [
+    Strategy("sequential", "one call after another, shared httpx.Client", m_sequential, bounded=False, sequential=True),
+    Strategy(
+        "threads",
+        "ThreadPoolExecutor.map, one shared httpx.Client (connections = workers)",
+        m_threads("input"),
+        recommended=True,
+    ),
+    Strategy(
+        "threads-completion",
+        "ThreadPoolExecutor submit + as_completed, one shared httpx.Client",
+        m_threads("completion"),
+        recommended=True,
+    ),
+    Strategy(
+        "asyncio",
+        "gather, Semaphore(workers), one shared httpx.AsyncClient (connections = workers)",
+        m_asyncio("input"),
+        recommended=True,
+    ),
+    Strategy(
+        "asyncio-completion",
+        "as_completed, Semaphore(workers), one shared httpx.AsyncClient",
+        m_asyncio("completion"),
+        recommended=True,
+    ),
+    Strategy(
+        "asyncio-unbounded-shared",
+        "gather with no bound, one shared AsyncClient, httpx default limits",
+        m_unbounded_shared(raised=False),
+        bounded=False,
+    ),
+    Strategy(
+        "asyncio-unbounded-raised",
+        "gather with no bound, one shared AsyncClient, limits raised to N",
+        m_unbounded_shared(raised=True),
+        bounded=False,
+    ),
+    Strategy(
+        "naive-threads",
+        "one threading.Thread per prompt, shared httpx.Client",
+        m_naive_threads,
+        bounded=False,
+        max_n=300,
+    ),
+    Strategy(NAIVE, "a new httpx.AsyncClient per call, gather with no bound", m_naive_asyncio, bounded=False),
+    Strategy(
+        "agent-threads",
+        "pydantic-ai run_sync on a thread pool, one Agent per thread",
+        m_agent_threads,
+        recommended=True,
+    ),
+    Strategy(
+        "agent-asyncio",
+        "pydantic-ai await agent.run, gather with Semaphore(workers), one Agent",
+        m_agent_asyncio,
+        recommended=True,
+    ),
+    Strategy(
+        "agent-max-concurrency",
+        "pydantic-ai Agent(max_concurrency=workers), gather with no bound",
+        m_agent_max_concurrency,
+        recommended=True,
+    ),
+    Strategy(
+        "agent-shared-unsafe", "UNSAFE: one Agent shared by all pool threads calling run_sync", m_agent_shared_unsafe
+    ),
+]
+BY_NAME = {s.name: s for s in STRATEGIES}
+
+
+def ideal_of(strategy: Strategy, n: int, workers: int | None) -> float:
+    if strategy.sequential:
+        return n * LATENCY
+    if workers is None:
+        return LATENCY
+    return math.ceil(n / workers) * LATENCY
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> list[Cell]:
+    ns = args.n or (QUICK_NS if args.quick else NS)
+    workers = args.workers or WORKERS
+    chosen = [BY_NAME[name] for name in args.only] if args.only else STRATEGIES
+    cells = []
+    for n in ns:
+        for strategy in chosen:
+            for w in workers if strategy.bounded else [None]:
+                cell = Cell(strategy.name, w, n, ideal_of(strategy, n, w))
+                if cell.ideal > args.max_ideal:
+                    cell.skipped = f"ideal {cell.ideal:g} s > --max-ideal {args.max_ideal:g} s"
+                elif strategy.max_n is not None and n > strategy.max_n and not args.full:
+                    cell.skipped = f"{n} threads at once: only with --full"
+                cells.append(cell)
+    return cells
+
+
+def warm_up(b: Bench) -> dict[str, float]:
+    """Import and run every code path once, then measure what one call costs on a warm connection."""
+    from pydantic_ai import Agent
+
+    async def warm_async() -> None:
+        async with b.target.async_client(connections=2) as client:
+            await ask_async(client, b.model, "Reply: warm")
+        async with Agent(b.chat_model()) as agent:
+            await agent.run("Reply: warm")
+
+    run_in_new_loop(warm_async())
+    kept, fresh = [], []
+    with b.target.client(connections=1) as client:
+        ask(client, b.model, "Reply: warm")
+        for i in range(5):
+            t0 = time.perf_counter()
+            ask(client, b.model, f"Reply: probe{i}")
+            kept.append(time.perf_counter() - t0)
+    for i in range(5):
+        with b.target.client(connections=1) as client:
+            t0 = time.perf_counter()
+            ask(client, b.model, f"Reply: fresh{i}")
+            fresh.append(time.perf_counter() - t0)
+    return {"kept_alive": statistics.median(kept), "fresh_connection": statistics.median(fresh)}
+
+
+def run_cells(b: Bench, cells: list[Cell], repeats: int, began: float) -> None:
+    todo = [c for c in cells if not c.skipped]
+    for k, cell in enumerate(todo, 1):
+        strategy = BY_NAME[cell.strategy]
+        t0 = time.perf_counter()
+        try:
+            cell.runs = strategy.measure(b, cell.n, cell.workers, repeats)
+        except Exception as exc:  # a crash of the strategy itself: recorded, and the benchmark goes on
+            cell.runs = [
+                Measurement(
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    cell.n,
+                    messages=Counter({_normalise(f"crashed: {type(exc).__name__}: {exc}"): 1}),
+                )
+            ]
+        cell.seconds = time.perf_counter() - t0
+        walls = " ".join(f"{m.wall:.2f}" for m in cell.runs)
+        w = "-" if cell.workers is None else str(cell.workers)
+        status = "HUNG " if cell.hung else ""
+        print(
+            f"[{k:3d}/{len(todo)}] {cell.strategy:<25} w={w:>3} N={cell.n:<5} wall {cell.wall:7.2f} s "
+            f"({walls})  ideal {cell.ideal:6.2f}  eff {cell.efficiency:5.2f}  cpu {cell.median('cpu'):6.2f} s  "
+            f"server {cell.median('sim_cpu'):5.2f} s  {status}errors {cell.errors}"
+            f"  [{_clock(time.perf_counter() - began)}]",
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+
+COLUMNS = [
+    "N",
+    "strategy",
+    "workers",
+    "wall s",
+    "ideal s",
+    "efficiency",
+    "over ideal",
+    "client CPU s",
+    "server CPU s",
+    "server peak",
+    "errors",
+    "vs naive",
+]
+
+
+def _over(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    return f"{seconds * 1000:+.0f} ms" if abs(seconds) < 1 else f"{seconds:+.2f} s"
+
+
+def rows(cells: list[Cell]) -> list[list[str]]:
+    naive = {c.n: c.wall for c in cells if c.strategy == NAIVE and c.measured}
+    out = []
+    for c in cells:
+        w = "-" if c.workers is None else str(c.workers)
+        if not c.measured:
+            out.append([str(c.n), c.strategy, w, "", f"{c.ideal:g}", "", "", "", "", "", "", f"skipped: {c.skipped}"])
+            continue
+        wall = f"> {c.wall:.2f}" if c.hung else f"{c.wall:.2f}"
+        sim_cpu, share = c.median("sim_cpu"), c.median("sim_cpu") / c.wall if c.wall else math.nan
+        errors = "hung, " if c.hung else ""
+        errors += str(c.errors) + (f" (max {c.errors_max})" if c.errors_max != c.errors else "")
+        ratio = f"{c.wall / naive[c.n]:.3f}" if c.n in naive else "-"
+        peak = statistics.median(m.peak_in_flight or 0 for m in c.runs)
+        out.append(
+            [
+                str(c.n),
+                c.strategy,
+                w,
+                wall,
+                f"{c.ideal:g}",
+                f"{c.efficiency:.2f}",
+                _over(c.wall - c.ideal),
+                f"{c.median('cpu'):.2f}",
+                f"{sim_cpu:.2f} ({share:.0%})",
+                f"{peak:.0f}",
+                errors,
+                ratio,
+            ]
+        )
+    return out
+
+
+def text_table(cells: list[Cell]) -> str:
+    table = [COLUMNS, *rows(cells)]
+    widths = [max(len(r[i]) for r in table if not r[-1].startswith("skipped") or i < 5) for i in range(len(COLUMNS))]
+    lines = []
+    for r in table:
+        if r[-1].startswith("skipped"):
+            lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[-1])
+        else:
+            lines.append("  ".join(v.rjust(widths[i]) if i > 2 else v.ljust(widths[i]) for i, v in enumerate(r)))
+    return "\n".join(lines)
+
+
+def markdown_table(cells: list[Cell]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(12)) + "|"]
+    for r in rows(cells):
+        if r[-1].startswith("skipped"):
+            r = [*r[:5], "", "", "", "", "", "", r[-1]]
+        lines.append("| " + " | ".join(r) + " |")
+    return "\n".join(lines)
+
+
+# --- the targets --------------------------------------------------------------------------------------------
+
+
+def checks(cells: list[Cell]) -> list[tuple[str, str]]:
+    """The targets of the benchmark, each PASS or FAIL (INFO: a figure worth reading, no target)."""
+    measured = [c for c in cells if c.measured]
+    recommended = [c for c in measured if BY_NAME[c.strategy].recommended]
+    found: list[tuple[str, str]] = []
+
+    def add(ok: bool | None, text: str) -> None:
+        found.append(("INFO" if ok is None else "PASS" if ok else "FAIL", text))
+
+    def listed(cs: list[Cell]) -> str:
+        return ", ".join(f"{c.strategy} w={c.workers} N={c.n}: {c.efficiency:.2f}" for c in cs)
+
+    small = [c for c in recommended if c.n <= 300 and c.workers in (3, SENSIBLE_BOUND)]
+    low = [c for c in small if c.efficiency < 0.95]
+    if small:
+        add(
+            not low,
+            f"recommended strategies, N <= 300, workers 3 and {SENSIBLE_BOUND}: efficiency >= 0.95 in "
+            f"{len(small) - len(low)} of {len(small)} cells" + (f"; below: {listed(low)}" if low else ""),
+        )
+    big = [c for c in recommended if c.n == 1000 and c.workers == SENSIBLE_BOUND]
+    low = [c for c in big if c.efficiency < 0.9]
+    if big:
+        add(
+            not low,
+            f"recommended strategies, N = 1000, workers {SENSIBLE_BOUND}: efficiency >= 0.9 in "
+            f"{len(big) - len(low)} of {len(big)} cells" + (f"; below: {listed(low)}" if low else ""),
+        )
+    hundred = [c for c in recommended if c.workers == 100 and c.n >= 300]
+    if hundred:
+        add(None, f"recommended strategies at 100 workers, N >= 300: {listed(hundred)}")
+    three = [c for c in recommended if c.n == 3]
+    over = [c for c in three if c.wall - c.ideal > 0.030]
+    worst = max(three, key=lambda c: c.wall - c.ideal, default=None)
+    if worst:
+        add(
+            not over,
+            f"N = 3, warm clients: overhead over ideal <= 30 ms in {len(three) - len(over)} of "
+            f"{len(three)} cells (worst {worst.strategy} w={worst.workers}: {_over(worst.wall - worst.ideal)})",
+        )
+    largest = max((c.n for c in measured), default=0)
+    naive = next((c for c in measured if c.strategy == NAIVE and c.n == largest), None)
+    bounded = [c for c in measured if c.n == largest and c.strategy in ("asyncio", "asyncio-completion")]
+    if naive and bounded:
+        best = min(bounded, key=lambda c: c.wall)
+        at_bound = [c.wall for c in bounded if c.workers == SENSIBLE_BOUND]
+        also = f"; at {SENSIBLE_BOUND} workers {naive.wall / min(at_bound):.1f}x" if at_bound else ""
+        add(
+            naive.wall / best.wall >= 10,
+            f"N = {largest}: the fastest bounded asyncio cell ({best.strategy}, "
+            f"{best.workers} workers, {best.wall:.2f} s) is {naive.wall / best.wall:.1f}x faster than {NAIVE} "
+            f"({naive.wall:.2f} s){also}; target >= 10x",
+        )
+    bad = [c for c in recommended if c.errors_max or c.hung]
+    add(
+        not bad,
+        "no recommended strategy errs or hangs"
+        if not bad
+        else "recommended strategies with errors: "
+        + ", ".join(f"{c.strategy} w={c.workers} N={c.n}: {c.errors_max}" for c in bad),
+    )
+    served = [c for c in measured if not math.isnan(c.median("sim_cpu")) and c.wall > 0]
+    if served:
+        busiest = max(served, key=lambda c: c.median("sim_cpu") / c.wall)
+        share = busiest.median("sim_cpu") / busiest.wall
+        add(
+            None,
+            f"the simulator used at most {share:.0%} of one core over a run ({busiest.strategy}, workers "
+            f"{busiest.workers or '-'}, N {busiest.n}: {busiest.median('sim_cpu'):.2f} s CPU in {busiest.wall:.2f} s)"
+            + (": not the bottleneck" if share < 0.5 else ": it may be the bottleneck"),
+        )
+    return found
+
+
+# --- the picture --------------------------------------------------------------------------------------------
+
+STYLE = {
+    "sequential": ("#555555", "s", "--"),
+    "threads": ("#1f77b4", "o", "-"),
+    "threads-completion": ("#6baed6", "^", "-"),
+    "asyncio": ("#2ca02c", "o", "-"),
+    "asyncio-completion": ("#98df8a", "^", "-"),
+    "asyncio-unbounded-shared": ("#17becf", "D", "--"),
+    "asyncio-unbounded-raised": ("#0b6e79", "d", "--"),
+    "naive-threads": ("#8c564b", "v", ":"),
+    NAIVE: ("#7f7f7f", "v", ":"),
+    "agent-threads": ("#ff7f0e", "o", "-"),
+    "agent-asyncio": ("#9467bd", "o", "-"),
+    "agent-max-concurrency": ("#e377c2", "^", "-"),
+    "agent-shared-unsafe": ("#d62728", "X", "-."),
+}
+
+
+def plot(cells: list[Cell], path: Path, title: str) -> None:
+    """Efficiency against N (log x): one panel per worker count, one for the strategies without a bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [c for c in cells if c.measured and not math.isnan(c.wall)]
+    panels: list[int | None] = sorted({c.workers for c in measured if c.workers is not None})
+    if any(c.workers is None for c in measured):
+        panels.append(None)
+    ns = sorted({c.n for c in cells})
+    cols = 2 if len(panels) > 2 else len(panels)
+    rows_ = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(7.2 * cols, 5.0 * rows_ + 1.6), sharey=True, squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, w in zip(axes.flat, panels, strict=False):
+        for strategy in STRATEGIES:
+            mine = sorted((c for c in measured if c.strategy == strategy.name and c.workers == w), key=lambda c: c.n)
+            if not mine:
+                continue
+            color, marker, line = STYLE.get(strategy.name, ("black", "o", "-"))
+            label = strategy.name + ("  (NOT SAFE)" if strategy.name == "agent-shared-unsafe" else "")
+            xs, ys = [c.n for c in mine], [min(c.efficiency, 1.1) for c in mine]
+            (h,) = ax.plot(
+                xs,
+                ys,
+                line,
+                marker=marker,
+                color=color,
+                lw=2.4 if strategy.recommended else 1.5,
+                ms=7,
+                alpha=0.9,
+                label=label,
+            )
+            handles.setdefault(label, h)
+            for c, y in zip(mine, ys, strict=True):
+                note = "hung" if c.hung else (f"{c.errors_max / c.n:.0%} failed" if c.errors_max else "")
+                if note:
+                    ax.annotate(note, (c.n, y), textcoords="offset points", xytext=(6, -12), color=color, fontsize=8.5)
+        ax.axhline(0.95, color="#888888", lw=0.9, ls=":")
+        ax.axhline(0.9, color="#bbbbbb", lw=0.9, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks(ns)
+        ax.set_xticklabels([str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_ylim(-0.03, 1.15)
+        ax.set_xlim(min(ns) / 1.6, max(ns) * 1.9)
+        ax.grid(True, which="major", alpha=0.25)
+        ax.set_xlabel("N (calls)")
+        ax.set_ylabel("efficiency (ideal / wall)")
+        if w is None:
+            ax.set_title(f"no bound: ideal = {LATENCY:g} s (sequential: N x {LATENCY:g} s)", fontsize=11)
+        else:
+            ax.set_title(f"{w} workers: ideal = ceil(N / {w}) x {LATENCY:g} s", fontsize=11)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    (t95,) = axes.flat[0].plot([], [], ":", color="#888888", label="efficiency 0.95 and 0.9")
+    handles["efficiency 0.95 and 0.9 (dotted)"] = t95
+    fig.suptitle(title, fontsize=13)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4, fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 1.5 / (5.0 * rows_ + 1.6), 1, 0.97))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- the report files -----------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in ("httpx", "httpcore", "httpx2", "openai", "pydantic-ai-slim", "uvicorn", "starlette"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "helpers"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "git_commit": commit,
+        "helpers_modified": bool(dirty),
+    }
+
+
+def write_results(out: Path, cells: list[Cell], meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    found = checks(cells)
+    env = meta["environment"]
+    probe = meta["probe"]
+    lines = [
+        "# Strategies benchmark",
+        "",
+        f"Written by `benchmarks/strategies.py` on {meta['date']} ({meta['command']}); it took "
+        f"{_clock(meta['seconds'])}. Simulator: fixed latency {LATENCY:g} s, no capacity limit, on 127.0.0.1. "
+        f"Medians of {meta['repeats']} repeat(s); warm clients; client CPU = CPU time of the benchmark process "
+        "during the run (of its child process for agent-shared-unsafe); server CPU = CPU time of the simulator "
+        "process (in brackets: share of one core over the wall time).",
+        "",
+        f"Machine: {env['cpus']} CPUs, Python {env['python']}, {env['platform']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        + f"; git {env['git_commit']}"
+        + (" with uncommitted changes in helpers/" if env["helpers_modified"] else "")
+        + ".",
+        "",
+        f"One call on a warm kept-alive connection took {probe['kept_alive'] * 1000:.1f} ms, on a fresh connection "
+        f"{probe['fresh_connection'] * 1000:.1f} ms (latency {LATENCY * 1000:.0f} ms).",
+        "",
+        "**efficiency** = ideal / wall; ideal = ceil(N / workers) x 0.5 s, N x 0.5 s for sequential, 0.5 s for "
+        f"unbounded strategies (workers `-`). **vs naive** = wall / wall of {NAIVE} for the same N (below 1 is "
+        "faster). **server peak** = most calls the simulator held at once. **errors**: median over repeats.",
+        "",
+        markdown_table(cells),
+        "",
+        "## Targets",
+        "",
+        *[f"- {status}: {text}" for status, text in found],
+        "",
+        "## Errors seen",
+        "",
+    ]
+    erring = [c for c in cells if c.measured and c.messages]
+    if not erring:
+        lines.append("None.")
+    for c in erring:
+        w = "-" if c.workers is None else c.workers
+        shown = "; ".join(f"{count} x `{msg}`" for msg, count in c.messages.most_common(4))
+        lines.append(f"- {c.strategy}, workers {w}, N {c.n} (all repeats): {shown}")
+    lines.append("")
+    (out / "strategies.md").write_text("\n".join(lines))
+    data = {
+        **meta,
+        "latency": LATENCY,
+        "checks": [{"status": st, "text": t} for st, t in found],
+        "cells": [c.to_json() for c in cells],
+    }
+    (out / "strategies.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot(
+        cells,
+        out / "strategies.png",
+        f"Efficiency of each strategy against a simulator at a fixed {LATENCY:g} s latency "
+        f"({env['cpus']} CPUs, medians of {meta['repeats']})",
+    )
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in names if x not in BY_NAME]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown strategies {unknown}; choose from {', '.join(BY_NAME)}")
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N in 3, 30, 300 and one repeat")
+    p.add_argument("--repeats", type=int, default=None, help="runs per cell, the table shows medians (default 3)")
+    p.add_argument(
+        "--max-ideal",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="skip cells whose ideal wall time is longer (default 30)",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="where results go")
+    p.add_argument("--full", action="store_true", help="also naive-threads with 1000 threads")
+    p.add_argument("--only", type=_names, default=None, metavar="NAME,...", help="only these strategies")
+    p.add_argument("--n", type=_numbers, default=None, metavar="N,...", help="numbers of calls (default 3,30,300,1000)")
+    p.add_argument("--workers", type=_numbers, default=None, metavar="W,...", help="worker counts (default 3,32,100)")
+    p.add_argument(
+        "--unsafe-timeout",
+        type=float,
+        default=UNSAFE_CALL_TIMEOUT,
+        metavar="SECONDS",
+        help="per-call timeout of agent-shared-unsafe (default 10)",
+    )
+    p.add_argument("--child-unsafe", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.child_unsafe:
+        child_unsafe(args.child_unsafe)
+        return 0
+    repeats = args.repeats or (1 if args.quick else 3)
+    if repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    began = time.perf_counter()
+    cells = plan(args)
+    todo = [c for c in cells if not c.skipped]
+    print(
+        f"{len(todo)} cells x {repeats} repeat(s), {len(cells) - len(todo)} skipped; "
+        f"simulator at a fixed {LATENCY:g} s latency",
+        flush=True,
+    )
+    with simulator.start(latency=LATENCY, profile="fixed", seed=0) as sim:
+        bench = Bench(sim, args.unsafe_timeout)
+        probe = warm_up(bench)
+        print(
+            f"one call: {probe['kept_alive'] * 1000:.1f} ms on a warm kept-alive connection, "
+            f"{probe['fresh_connection'] * 1000:.1f} ms on a fresh one",
+            flush=True,
+        )
+        if probe["kept_alive"] - probe["fresh_connection"] > 0.02:
+            print(
+                "  warning: calls on kept-alive connections are slower than on fresh ones: the server's answers "
+                "are held back (Nagle's algorithm and delayed ACKs: is TCP_NODELAY set on its sockets?)",
+                flush=True,
+            )
+        run_cells(bench, cells, repeats, began)
+    seconds = time.perf_counter() - began
+    print()
+    print(text_table(cells))
+    print()
+    for status, text in checks(cells):
+        print(f"{status}  {text}")
+    command = "python benchmarks/strategies.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "repeats": repeats,
+        "max_ideal": args.max_ideal,
+        "seconds": round(seconds, 1),
+        "probe": probe,
+        "environment": environment(),
+    }
+    write_results(args.out, cells, meta)
+    print(f"\nwrote {args.out}/strategies.md, .json, .png; total time {_clock(seconds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
