@@ -289,8 +289,19 @@ asyncio.run(main())
 # | at 1000s of calls | fine up to a few dozen threads | fine, if the client is shared and the calls are bounded |
 #
 # The workbook's benchmark (`benchmarks/strategies.py`, run by hand) measures all of them against the simulator
-# up to 1000 calls. Its headline: a **shared, bounded** client stays close to the ideal time whether it is threads
-# or asyncio; a new client per call, or an unbounded `gather` over one client, falls far behind at scale.
+# at 0.5 s per call, up to 1000 calls (table in `benchmarks/results/strategies.md`). For 1000 calls:
+#
+# | 1000 calls | in flight | wall | ideal | client CPU |
+# |---|---:|---:|---:|---:|
+# | threads, one shared `httpx.Client` | 32 | 16.2 s | 16 s | 1.3 s |
+# | asyncio + semaphore, one shared `AsyncClient` | 32 | 16.2 s | 16 s | 1.5 s |
+# | asyncio + semaphore, one shared `AsyncClient` | 100 | 22.9 s | 5 s | 20.7 s |
+# | one shared `AsyncClient`, unbounded `gather` | pool of 100 | 10.0 s | 0.5 s | 9.1 s |
+# | a new `AsyncClient` per call, unbounded | 1000 | 26.8 s | 0.5 s | 26.3 s |
+#
+# A **shared, bounded** client stays at the ideal time, threads or asyncio alike. Past a few dozen calls in
+# flight the *client's CPU* becomes the bottleneck: httpx's async connection pool does more work the more
+# connections it holds, and a client per call is the slowest of all. Bound your calls (tens, not thousands).
 #
 # ## Summary
 #
