@@ -28,6 +28,8 @@ def main() -> int:
         "--ServerApp.ip=127.0.0.1",
         *sys.argv[1:],
     ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")  # JupyterLab refuses to start as root without it (containers, CI machines)
     try:
         return subprocess.call(args, cwd=ROOT)
     except KeyboardInterrupt:
