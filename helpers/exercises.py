@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check", "environment"]
+__all__ = ["check", "environment", "plain"]
 
 
 def check(condition: bool, right: str, wrong: str) -> None:
@@ -26,3 +26,10 @@ def environment(target: Any) -> None:
             found.append(f"{name} (not installed)")
     print(f"Python {platform.python_version()} · " + " · ".join(found))
     print(target.describe())
+
+
+def plain(text: Any) -> str:
+    """``text`` in lower case without surrounding spaces, quotes or final punctuation: ``"Alpha."`` → ``"alpha"``.
+    The simulator answers exactly; a real model may add a capital or a full stop, and the lessons' checks should
+    not mind."""
+    return str(text).strip().strip("\"'`*").rstrip(".!").strip().lower()

@@ -40,7 +40,7 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 from helpers import connect
-from helpers.exercises import check, environment
+from helpers.exercises import check, environment, plain
 
 target = connect(seed=0)
 environment(target)
@@ -74,7 +74,7 @@ answer = body["choices"][0]["message"]["content"]
 print("answer:", answer)
 print("finish_reason:", body["choices"][0]["finish_reason"])
 print("usage:", body["usage"])
-assert answer == "alpha"
+assert plain(answer) == "alpha"  # plain(): lower case, no final full stop (a real model may add one)
 
 # %% [markdown]
 # **Predict, then run.** How long did that call take? A real model needs a moment before the first token and then
@@ -115,17 +115,22 @@ agent = Agent(target.chat_model())
 result = await agent.run("Reply: beta")
 print("output:", result.output)
 print("usage:", result.usage)
-assert result.output == "beta"
+assert plain(result.output) == "beta"
 
 # %% [markdown]
 # ## 0.4 What the server saw
 #
-# The simulator counts what reaches it: two calls from httpx, one from `ask`, one from the agent.
+# The simulator counts what reaches it: two calls from httpx, one from `ask`, one from the agent. (A real
+# provider shows such counts only on its usage page, so against one this cell says so and moves on; the lessons
+# do the same wherever they ask the simulator something.)
 
 # %%
-stats = target.simulator.stats(records=False)
-print("requests:", stats["requests"], "· by status:", stats["by_status"], "· peak in flight:", stats["peak_in_flight"])
-assert stats["requests"] == 4 and stats["peak_in_flight"] == 1
+if target.is_simulator:
+    stats = target.simulator.stats(records=False)
+    print("requests:", stats["requests"], "· by status:", stats["by_status"], "· peak in flight:", stats["peak_in_flight"])
+    assert stats["requests"] == 4 and stats["peak_in_flight"] == 1
+else:
+    print("a real provider: its usage page shows the calls; this session has made", target.quota.calls, "so far")
 
 # %% [markdown]
 # One at a time: a peak of 1 call in flight. The next lessons raise that number and watch what happens.

@@ -27,7 +27,7 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 from helpers import connect
-from helpers.exercises import check, environment
+from helpers.exercises import check, environment, plain
 
 # Latencies between 0.3 s and 0.9 s, the same ones every time you run the lesson (seed 1).
 target = connect(seed=1, latency=0.6, profile="uniform", spread=0.5)
@@ -65,7 +65,7 @@ print(f"sum of latencies {sum(latencies):.2f} s · sequential run {sequential_wa
 # The run took the sum of its calls, as it must: each call starts only when the previous one has answered.
 
 # %%
-assert answers == ["alpha", "beta", "gamma"]
+assert [plain(a) for a in answers] == ["alpha", "beta", "gamma"]  # plain(): lower case, no full stop
 assert abs(sequential_wall - sum(latencies)) < 0.05 + 0.05 * sequential_wall  # wall = sum of latencies
 
 # %% [markdown]
@@ -100,9 +100,10 @@ print(f"sequential {sequential_wall:.2f} s · parallel {parallel_wall:.2f} s · 
 # `max(latencies)` from the sequential run is the slowest call here too. The claim, checked:
 
 # %%
-assert parallel_answers == ["alpha", "beta", "gamma"]  # map keeps the input order
+assert [plain(a) for a in parallel_answers] == ["alpha", "beta", "gamma"]  # map keeps the input order
 assert parallel_wall < 0.6 * sequential_wall  # much less than the sum ...
-assert parallel_wall < max(latencies) + 0.25  # ... about the slowest call
+if target.is_simulator:  # a real provider's latencies change from call to call; the simulator's do not
+    assert parallel_wall < max(latencies) + 0.25  # ... about the slowest call
 
 # %% [markdown]
 # ## 1.3 The picture

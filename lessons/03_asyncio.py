@@ -29,7 +29,7 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 from helpers import connect
-from helpers.exercises import check, environment
+from helpers.exercises import check, environment, plain
 
 # Fixed speed: a call takes 0.1 s plus 0.05 s per word of its answer.
 target = connect(seed=3, profile="fixed", ttft=0.1, tokens_per_second=20)
@@ -91,8 +91,9 @@ answers
 print(f"gather took {gather_wall:.2f} s")
 
 # %%
-assert answers[1] == "short"  # input order, whatever finished first
-assert 0.9 < gather_wall < 1.4  # about the slowest call (≈ 1.0 s), not the sum (≈ 1.6 s)
+assert plain(answers[1]) == "short"  # input order, whatever finished first
+if target.is_simulator:  # the simulator's latencies are known: 1.0 s, 0.25 s and 0.4 s
+    assert 0.9 < gather_wall < 1.4  # about the slowest call (≈ 1.0 s), not the sum (≈ 1.6 s)
 
 # %% [markdown]
 # One thread, three calls in flight. While the first call waits for its answer, the loop sends the second and the
@@ -139,7 +140,8 @@ assert gathered.delivery_order == [0, 1, 2] and completed.delivery_order == [1, 
 # calls, three behaviours:
 
 # %%
-target.simulator.configure(fault_on={"beta": "500"})
+if target.is_simulator:  # a real provider fails when it fails: there, all three calls succeed
+    target.simulator.configure(fault_on={"beta": "500"})
 mixed = ["Reply: alpha, the first answer", "Reply: beta", "Reply: gamma, the third answer"]
 
 try:
@@ -171,8 +173,9 @@ except* httpx.HTTPStatusError as failures:
 print("cancelled:", [task.cancelled() for task in tasks])
 
 # %%
-assert isinstance(results[1], httpx.HTTPStatusError) and results[0].startswith("alpha") and results[2].startswith("gamma")
-assert any(task.cancelled() for task in tasks)  # the TaskGroup cancelled the calls still running
+if target.is_simulator:
+    assert isinstance(results[1], httpx.HTTPStatusError) and results[0].startswith("alpha") and results[2].startswith("gamma")
+    assert any(task.cancelled() for task in tasks)  # the TaskGroup cancelled the calls still running
 
 # %% [markdown]
 # For a batch of independent LLM calls, use `gather(..., return_exceptions=True)` (or catch errors inside each
@@ -185,8 +188,9 @@ assert any(task.cancelled() for task in tasks)  # the TaskGroup cancelled the ca
 # `max_workers`.
 
 # %%
-target.simulator.configure(fault_on={}, latency=0.4)
-target.simulator.reset()
+if target.is_simulator:
+    target.simulator.configure(fault_on={}, latency=0.4)
+    target.simulator.reset()
 nine = [f"Reply: answer {i}" for i in range(9)]
 semaphore = asyncio.Semaphore(3)
 
@@ -199,15 +203,17 @@ async def bounded(prompt: str) -> str:
 start = time.perf_counter()
 answers = await asyncio.gather(*(bounded(p) for p in nine))
 bounded_wall = time.perf_counter() - start
-print("the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "calls at once")
+if target.is_simulator:
+    print("the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "calls at once")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 print(f"nine calls of 0.4 s, three at a time: {bounded_wall:.2f} s")
 
 # %%
-assert target.simulator.stats(records=False)["peak_in_flight"] == 3
-assert bounded_wall > 0.9 * 3 * 0.4  # three rounds: the same staircase as max_workers=3
+if target.is_simulator:
+    assert target.simulator.stats(records=False)["peak_in_flight"] == 3
+    assert bounded_wall > 0.9 * 3 * 0.4  # three rounds: the same staircase as max_workers=3
 
 # %% [markdown]
 # ## 3.6 A new client for every call
@@ -221,7 +227,7 @@ assert bounded_wall > 0.9 * 3 * 0.4  # three rounds: the same staircase as max_w
 # %%
 from helpers import run_naive_async
 
-forty = [f"Reply: answer {i}" for i in range(40)]
+forty = [f"Reply: answer {i}" for i in range(40 if target.is_simulator else 3)]  # a real provider: 3, to save quota
 shared = await run_async(call, forty, limit=None)
 per_call = await run_naive_async(target.base_url, target.model, forty, make_client=target.async_client)
 draw(shared, per_call, title="40 calls at once: one shared AsyncClient vs a new AsyncClient per call")
@@ -232,8 +238,9 @@ print(f"shared client:   wall {shared.wall:.2f} s, CPU {shared.cpu:.2f} s")
 print(f"client per call: wall {per_call.wall:.2f} s, CPU {per_call.cpu:.2f} s")
 
 # %%
-assert per_call.cpu > 3 * shared.cpu  # building clients costs CPU ...
-assert per_call.wall > shared.wall  # ... and the calls start later: the loop is busy building them
+if target.is_simulator:  # with only 3 calls the difference is too small to check
+    assert per_call.cpu > 3 * shared.cpu  # building clients costs CPU ...
+    assert per_call.wall > shared.wall  # ... and the calls start later: the loop is busy building them
 
 # %% [markdown]
 # The per-call version starts its calls in a slope and they all end together, long after their answers were
@@ -327,7 +334,8 @@ async def first_answer(prompts: list[str]) -> str:
 
 
 # %%
-target.simulator.configure(latency=None)
+if target.is_simulator:
+    target.simulator.configure(latency=None)
 check(
     await first_answer(prompts) == "short",
     "as_completed yields the fastest call first.",
@@ -345,10 +353,11 @@ async def bounded_gather(prompts: list[str], limit: int) -> list[str]:
 
 
 # %%
-target.simulator.reset()
+if target.is_simulator:
+    target.simulator.reset()
 got = await bounded_gather([f"Reply: {i}" for i in range(6)], limit=2)
 check(
-    got == [str(i) for i in range(6)] and target.simulator.stats(records=False)["peak_in_flight"] <= 2,
+    got == [str(i) for i in range(6)] and (not target.is_simulator or target.simulator.stats(records=False)["peak_in_flight"] <= 2),
     "input order from gather, at most two in flight thanks to the semaphore.",
     "create asyncio.Semaphore(limit), wrap each call in `async with semaphore:`, and gather them.",
 )
@@ -364,7 +373,8 @@ async def safe_ask(prompt: str) -> str | Exception:
 
 
 # %%
-target.simulator.configure(fault_on={"beta": "500"})
+if target.is_simulator:
+    target.simulator.configure(fault_on={"beta": "500"})
 try:
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(safe_ask(p)) for p in mixed]

@@ -97,7 +97,8 @@ assert labels == expected
 # %%
 from helpers import draw, run_agent_async
 
-target.simulator.reset()
+if target.is_simulator:
+    target.simulator.reset()
 one_by_one = await run_agent_async(classifier, reviews, limit=1)
 three_at_once = await run_agent_async(classifier, reviews, limit=3)
 draw(one_by_one, three_at_once, title="Six agent calls: one at a time vs three at a time")
@@ -116,12 +117,15 @@ assert [r.answer.sentiment for r in three_at_once.records] == expected
 # %%
 capped = Agent(model, output_type=Review, instructions="Classify the sentiment of the customer review.", max_concurrency=3)
 
-target.simulator.reset()
+if target.is_simulator:
+    target.simulator.reset()
 outputs = await asyncio.gather(*(capped.run(review) for review in reviews * 2))  # 12 runs started at once
-print("runs started:", len(outputs), "· the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "at once")
+if target.is_simulator:
+    print("runs started:", len(outputs), "· the server saw at most", target.simulator.stats(records=False)["peak_in_flight"], "at once")
 
 # %%
-assert target.simulator.stats(records=False)["peak_in_flight"] == 3
+if target.is_simulator:
+    assert target.simulator.stats(records=False)["peak_in_flight"] == 3
 
 # %% [markdown]
 # The cap belongs to the agent, so every part of your program that uses it shares the same limit: handy when
@@ -157,9 +161,10 @@ except RuntimeError as error:
 # %%
 from concurrent.futures import ThreadPoolExecutor, wait
 
-target.simulator.configure(latency=0.05)
+if target.is_simulator:
+    target.simulator.configure(latency=0.05)
 shared_agent = Agent(target.chat_model(), output_type=Review)
-sixty = reviews * 10
+sixty = reviews * (10 if target.is_simulator else 1)  # a real provider: 6 calls, to save quota
 
 
 def classify_shared(review: str) -> str:
@@ -178,7 +183,8 @@ print(f"{len(done)} finished, {len(not_done)} still hanging, {len(errors)} faile
 print("for example:", str(errors[0])[:100] if errors else "-")
 
 # %%
-assert errors and all("different event loop" in str(e) for e in errors)  # the same failure every time
+if target.is_simulator:  # 60 calls make the failure certain; a real provider's 6 calls may all get lucky
+    assert errors and all("different event loop" in str(e) for e in errors)  # the same failure every time
 
 # %% [markdown]
 # **The fix: one agent per thread.** Build the agent inside the thread the first time it is needed and keep it in a
@@ -201,7 +207,7 @@ with ThreadPoolExecutor(max_workers=3) as pool:
     fixed_labels = list(pool.map(classify_own_agent, sixty))
 
 # %%
-assert fixed_labels == expected * 10  # sixty calls, no errors, input order
+assert fixed_labels == expected * (len(sixty) // len(reviews))  # sixty calls, no errors, input order
 
 # %% [markdown]
 # `helpers.run_agent_threads(make_agent, prompts, workers=3)` does the same and also closes each thread's agent and
@@ -210,7 +216,8 @@ assert fixed_labels == expected * 10  # sixty calls, no errors, input order
 # %%
 from helpers import run_agent_threads
 
-target.simulator.configure(latency=0.3)
+if target.is_simulator:
+    target.simulator.configure(latency=0.3)
 threaded = run_agent_threads(lambda: Agent(target.chat_model(), output_type=Review), reviews, workers=3)
 draw(threaded, three_at_once, title="Six classifications: run_sync on 3 threads vs run with 3 in flight")
 
@@ -242,12 +249,13 @@ assert [r.answer.sentiment for r in threaded.records] == expected
 # one `gather` and no semaphore of your own. Store the six sentiments in `sentiments`.
 
 # %%
-target.simulator.reset()
+if target.is_simulator:
+    target.simulator.reset()
 sentiments = None  # your code here
 
 # %%
 check(
-    sentiments == expected and target.simulator.stats(records=False)["peak_in_flight"] <= 2,
+    sentiments == expected and (not target.is_simulator or target.simulator.stats(records=False)["peak_in_flight"] <= 2),
     "right labels, and the agent kept at most two calls on the wire.",
     "build Agent(model, output_type=Review, max_concurrency=2) and gather its run() for every review.",
 )

@@ -59,12 +59,13 @@ lab
 # and checks what the pictures show:
 
 # %%
-lab.prompts.value, lab.strategy.value, lab.profile.value, lab.latency.value = 6, "threads", "fixed", 0.3
-for workers in (1, 6):
+wide = min(6, lab.workers.max)  # 6, or 3 against a real provider
+lab.prompts.value, lab.strategy.value, lab.profile.value, lab.latency.value = wide, "threads", "fixed", 0.3
+for workers in (1, wide):
     lab.workers.value = workers
     lab.run_button.click()
     lab.wait()
 one_worker, six_workers = lab.reports[-2:]
-assert one_worker.peak_in_flight == 1 and six_workers.peak_in_flight == 6
-assert six_workers.wall < 0.5 * one_worker.wall
-print("six workers:", six_workers.n, "calls,", len(six_workers.failures), "failed")
+assert one_worker.peak_in_flight == 1 and six_workers.peak_in_flight == wide
+assert six_workers.wall < 0.6 * one_worker.wall
+print(f"{wide} workers:", six_workers.n, "calls,", len(six_workers.failures), "failed")

@@ -40,6 +40,7 @@ FLAGS = [
     "--models",
     "--api-key",
     "--access-log",
+    "--pose-as-provider",
 ]
 
 

@@ -124,11 +124,13 @@ class Simulator:
         return data
 
 
-def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
+def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: Any) -> Simulator:
     """Start a simulator on a free port of 127.0.0.1 and wait until it answers.
 
     ``settings`` are :class:`SimulatorConfig` fields, e.g. ``start(seed=1, latency=0.5, profile="fixed")``.
-    Bad settings raise :class:`ConfigError` before anything starts.
+    Bad settings raise :class:`ConfigError` before anything starts. ``pose_as_provider=True`` leaves out the
+    header by which ``helpers.connect()`` recognises the simulator, so code pointed at its ``api_url`` takes
+    the real-provider path (quota guard on); ``stats()`` and ``configure()`` still work from this handle.
     """
     config = SimulatorConfig().updated(settings)  # unknown names are a ConfigError too
     payload = config.public()
@@ -146,6 +148,7 @@ def start(*, timeout: float = 15.0, **settings: Any) -> Simulator:
         "--exit-with-parent",
         "--config-json",
         json.dumps(payload),
+        *(["--pose-as-provider"] if pose_as_provider else []),
     ]
     began = time.monotonic()
     # The child's stderr goes to a temporary file, read only to explain a failed start.

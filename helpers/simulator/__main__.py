@@ -119,6 +119,12 @@ def parser() -> argparse.ArgumentParser:
         "which keeps the key out of the process list",
     )
     p.add_argument("--access-log", action="store_true", help="print one line per request")
+    p.add_argument(
+        "--pose-as-provider",
+        action="store_true",
+        help="leave out the simulator's identifying header, so the workbook treats it as a real provider "
+        "(quota guard on, simulator-only lesson steps skipped): to test that path offline",
+    )
     # Used by helpers.simulator.start(): settings as JSON, and exit when the starting process goes away.
     p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ._app import create_app
 
-    app = create_app(config)
+    app = create_app(config, pose_as_provider=args.pose_as_provider)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -207,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = sys.stderr
     else:
         print(
-            f"LLM simulator listening on {url}  (seed {config.seed}; stop with Ctrl+C)\n"
+            f"LLM simulator listening on {url}  (seed {config.seed}"
+            + ("; posing as a real provider" if args.pose_as_provider else "")
+            + "; stop with Ctrl+C)\n"
             f"  point the workbook at it:  export LLM_BASE_URL={url}/v1 LLM_MODEL={config.models[0]}"
             + ("  LLM_API_KEY=<the key>" if config.api_key else ""),
             flush=True,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -894,9 +895,29 @@ async def admin_config(request: Request) -> Response:
     return JSONResponse(state.config.public())
 
 
-def create_app(config: SimulatorConfig | None = None) -> Starlette:
-    """The simulator as an ASGI app (served by uvicorn in its own process; see ``helpers.simulator``)."""
+class _PoseAsProvider:
+    """ASGI middleware that drops the simulator's identifying header from every answer, so that
+    ``helpers.connect()`` takes it for a real provider (quota guard on): the lessons' real-provider path,
+    tested offline."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_without_header(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                name = SIMULATOR_HEADER.encode()
+                message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+            await send(message)
+
+        await self.app(scope, receive, send_without_header)
+
+
+def create_app(config: SimulatorConfig | None = None, *, pose_as_provider: bool = False) -> Starlette:
+    """The simulator as an ASGI app (served by uvicorn in its own process; see ``helpers.simulator``).
+    ``pose_as_provider`` leaves out its identifying header (see ``_PoseAsProvider``)."""
     app = Starlette(
+        middleware=[Middleware(_PoseAsProvider)] if pose_as_provider else [],
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/responses", responses, methods=["POST"]),
@@ -905,7 +926,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
             Route("/admin/stats", admin_stats, methods=["GET"]),
             Route("/admin/reset", admin_reset, methods=["POST"]),
             Route("/admin/config", admin_config, methods=["GET", "POST"]),
-        ]
+        ],
     )
     app.state.sim = State(config or SimulatorConfig())
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
