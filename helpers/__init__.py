@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .batch import BatchReport, run_batch
     from .calls import APIError, MalformedResponse, ask, ask_agent, ask_async
     from .quota import QuotaExceeded, QuotaGuard
     from .retry import is_retryable, retry, retry_async, with_retries
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .timeline import draw, draw_server, summary_table
 
 _MODULES = {
+    "batch": ["BatchReport", "run_batch"],
     "settings": ["connect", "Target", "Secret", "SetupError"],
     "calls": ["ask", "ask_async", "ask_agent", "APIError", "MalformedResponse"],
     "runs": [
@@ -61,6 +63,7 @@ __all__ = [
     "STRATEGIES",
     "APIError",
     "Answer",
+    "BatchReport",
     "CallRecord",
     "MalformedResponse",
     "QuotaExceeded",
@@ -83,6 +86,7 @@ __all__ = [
     "run_agent_async",
     "run_agent_threads",
     "run_async",
+    "run_batch",
     "run_in_new_loop",
     "run_naive_async",
     "run_naive_threads",
