@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import math
 import os
@@ -60,6 +61,7 @@ LATENCY = 0.5
 NS = (3, 30, 300, 1000)
 QUICK_NS = (3, 30, 300)
 WORKERS = (3, 32, 100)
+LARGE_WORKERS = (320,)  # for N = 1000, strategies built for many calls in flight
 SENSIBLE_BOUND = 32  # the worker count the targets are checked at for N = 1000
 NAIVE = "naive-asyncio"  # the reference of the "vs naive" column
 UNSAFE_CALL_TIMEOUT = 10.0
@@ -332,6 +334,56 @@ def m_asyncio(order: str) -> Measure:
     return measure
 
 
+POOL_PER_CLIENT = 32  # asyncio-sharded: connections per client
+
+
+def m_asyncio_sharded(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    """Semaphore(workers) over ceil(workers / 32) httpx.AsyncClients of at most 32 connections each, calls dealt
+    round-robin. httpx 0.28's async pool does work proportional to its connections on every request it adds or
+    finishes, so many small pools cost less CPU than one big one."""
+    assert workers is not None
+    prompts = b.prompts(n)
+    shards = math.ceil(workers / POOL_PER_CLIENT)
+    per_client = math.ceil(workers / shards)
+
+    async def go() -> list[Measurement]:
+        clients = [b.target.async_client(connections=per_client) for _ in range(shards)]
+        try:
+            calls = [b.async_call(client) for client in clients]
+            dealt = itertools.count()
+
+            async def acall(prompt: str) -> str:
+                return await calls[next(dealt) % shards](prompt)
+
+            for call in calls:
+                await call("Reply: warm")
+            return await _repeat_async(b, repeats, lambda: run_async(acall, prompts, limit=workers), prompts)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    return asyncio.run(go())
+
+
+def m_asyncio_httpx2(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    """Semaphore(workers), one shared httpx2.AsyncClient: httpx2 is the httpx fork that openai 3.x and
+    pydantic-ai 2.x ship with; its connection pool was rewritten and stays cheap with hundreds of connections."""
+    import httpx2
+
+    assert workers is not None
+    prompts = b.prompts(n)
+    limits = httpx2.Limits(max_connections=workers, max_keepalive_connections=workers)
+
+    async def go() -> list[Measurement]:
+        timeout = httpx2.Timeout(DEFAULT_TIMEOUT.read, connect=DEFAULT_TIMEOUT.connect)
+        async with httpx2.AsyncClient(base_url=b.target.base_url, timeout=timeout, limits=limits) as client:
+            acall = b.async_call(client)  # type: ignore[arg-type]  # the same API as httpx.AsyncClient
+            await acall("Reply: warm")
+            return await _repeat_async(b, repeats, lambda: run_async(acall, prompts, limit=workers), prompts)
+
+    return asyncio.run(go())
+
+
 def m_unbounded_shared(raised: bool) -> Measure:
     def measure(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
         prompts = b.prompts(n)
@@ -565,6 +617,7 @@ class Strategy:
     recommended: bool = False
     sequential: bool = False
     max_n: int | None = None  # larger N only with --full
+    also_workers: tuple[int, ...] = ()  # extra worker counts, for N >= 1000 only
 
 
 STRATEGIES = [
@@ -592,6 +645,20 @@ STRATEGIES = [
         "as_completed, Semaphore(workers), one shared httpx.AsyncClient",
         m_asyncio("completion"),
         recommended=True,
+    ),
+    Strategy(
+        "asyncio-sharded",
+        "gather, Semaphore(workers), ceil(workers / 32) httpx.AsyncClients of <= 32 connections, round-robin",
+        m_asyncio_sharded,
+        recommended=True,
+        also_workers=LARGE_WORKERS,
+    ),
+    Strategy(
+        "asyncio-httpx2",
+        "gather, Semaphore(workers), one shared httpx2.AsyncClient (the SDKs' fork of httpx)",
+        m_asyncio_httpx2,
+        recommended=True,
+        also_workers=LARGE_WORKERS,
     ),
     Strategy(
         "asyncio-unbounded-shared",
@@ -656,7 +723,8 @@ def plan(args: argparse.Namespace) -> list[Cell]:
     cells = []
     for n in ns:
         for strategy in chosen:
-            for w in workers if strategy.bounded else [None]:
+            extra = [w for w in strategy.also_workers if n >= 1000 and w not in workers and not args.workers]
+            for w in [*workers, *extra] if strategy.bounded else [None]:
                 cell = Cell(strategy.name, w, n, ideal_of(strategy, n, w))
                 if cell.ideal > args.max_ideal:
                     cell.skipped = f"ideal {cell.ideal:g} s > --max-ideal {args.max_ideal:g} s"
@@ -906,7 +974,9 @@ def checks(cells: list[Cell]) -> list[tuple[str, str]]:
         )
     largest = max((c.n for c in measured), default=0)
     naive = next((c for c in measured if c.strategy == NAIVE and c.n == largest), None)
-    bounded = [c for c in measured if c.n == largest and c.strategy in ("asyncio", "asyncio-completion")]
+    bounded = [
+        c for c in measured if c.n == largest and c.strategy.startswith("asyncio") and "unbounded" not in c.strategy
+    ]
     if naive and bounded:
         best = min(bounded, key=lambda c: c.wall)
         at_bound = [c.wall for c in bounded if c.workers == SENSIBLE_BOUND]
@@ -948,6 +1018,8 @@ STYLE = {
     "threads-completion": ("#6baed6", "^", "-"),
     "asyncio": ("#2ca02c", "o", "-"),
     "asyncio-completion": ("#98df8a", "^", "-"),
+    "asyncio-sharded": ("#006400", "P", "-"),
+    "asyncio-httpx2": ("#bcbd22", "X", "-"),
     "asyncio-unbounded-shared": ("#17becf", "D", "--"),
     "asyncio-unbounded-raised": ("#0b6e79", "d", "--"),
     "naive-threads": ("#8c564b", "v", ":"),

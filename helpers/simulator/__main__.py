@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             lifespan="off",
             http="h11",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=75,  # longer than clients keep idle connections: no race on reuse
             backlog=2048,
         )
     )
