@@ -50,7 +50,9 @@ check(
     exercise.records[0].ok
     and exercise.records[1].ok
     and (not target.is_simulator or (exercise.wall < 1.0 and "Timeout" in (exercise.records[2].error or ""))),
-    "the hung call ends at the read timeout, and the run with it.",
+    "the hung call ends at the read timeout, and the run with it."
+    if target.is_simulator
+    else "every call answered (a real provider does not hang on request: the timeout is not tested here).",
     "target.client(timeout=httpx.Timeout(10.0, read=...)) with a read timeout above 0.3 s and below 1 s.",
 )
 
