@@ -402,6 +402,10 @@ def test_killed_three_times_every_item_once_and_nothing_called_after_it_was_save
 
     by_prompt = {item["text"][:80]: item["id"] for item in items}
     records = sim.stats()["records"]
+    # A request cut off by a kill before its body arrived has no prompt; the server never answered it.
+    unread = [r for r in records if r["prompt"] is None]
+    assert len(unread) <= 3 * 8 and all(r["status"] != 200 for r in unread)
+    records = [r for r in records if r["prompt"] is not None]
     assert len(records) >= 500 and all(r["prompt"] in by_prompt for r in records)
     for when, saved in saved_at_kill:
         late = [r for r in records if r["received"] > when and by_prompt[r["prompt"]] in saved]
