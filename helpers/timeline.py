@@ -112,11 +112,15 @@ def _worker_kind(names: Sequence[str]) -> str:
 
 
 def _error_kind(error: str) -> str:
-    """'500', '429', 'timeout', 'cancelled' or the exception's name: what fits on a bar."""
+    """'500', '429', 'timeout', 'cancelled', 'malformed', 'dropped' or the exception's name: what fits on a bar."""
+    lower = error.lower()
+    if lower.startswith("malformedresponse"):  # HTTP 200 with a broken body: the status would mislead
+        return "malformed"
+    if lower.startswith(("remoteprotocolerror", "readerror")) or "disconnected" in lower:
+        return "dropped"
     status = re.search(r"(?:HTTP|status_code:?|Error code:|status)\s*(\d{3})\b", error)
     if status:
         return status.group(1)
-    lower = error.lower()
     if "cancel" in lower:
         return "cancelled"
     if "timeout" in lower or "timed out" in lower:

@@ -206,3 +206,18 @@ def test_draw_server_peaks_match_the_stats(target: Any, sim: Any) -> None:
 def test_draw_server_without_requests() -> None:
     (ax,) = draw_server({"records": []}).axes
     assert any("no requests" in t.get_text() for t in ax.texts)
+
+
+@pytest.mark.parametrize(
+    ("error", "label"),
+    [
+        ("MalformedResponse: HTTP 200 but the body is not JSON", "malformed"),
+        ("RemoteProtocolError: Server disconnected without sending a response.", "dropped"),
+        ("APIError: HTTP 503 The server is overloaded", "503"),
+        ("ReadTimeout: timed out", "timeout"),
+    ],
+)
+def test_failed_bars_say_what_failed(error: str, label: str) -> None:
+    from helpers.timeline import _error_kind
+
+    assert _error_kind(error) == label
