@@ -467,48 +467,52 @@ def run_batch(
             if not record.ok:
                 bar.set_postfix(failed=counts["failed"], refresh=False)
 
+    def report_of(run: RunReport) -> BatchReport:
+        """This run's records, back in the items' terms (index in the input, the item's text), with the counts."""
+        records = []
+        for record in run.records:
+            k = int(record.prompt)
+            records.append(dataclasses.replace(record, index=todo[k], prompt=listed[todo[k]]["text"]))
+        done = [int(r.prompt) for r in run.records if r.delivered is not None]
+        raw = [raw_results.get(k) for k in done]
+        return BatchReport(
+            "batch",
+            records,
+            run.wall,
+            run.cpu,
+            workers,
+            f"batch ({workers} worker{'s' if workers != 1 else ''})",
+            [todo[k] for k in run.delivery_order],
+            run.cancelled,
+            checkpoint=path,
+            total=len(listed),
+            answered=counts["answered"],
+            failed=counts["failed"],
+            skipped=skipped,
+            redone=counts["redone"],
+            attempts=sum(r.attempts for r in records if r.delivered is not None),
+            tokens=sum(r.tokens or 0 for r in records if r.delivered is not None),
+            input_tokens=sum(getattr(one, "input_tokens", None) or 0 for one in raw),
+            output_tokens=sum(getattr(one, "output_tokens", None) or 0 for one in raw),
+            model=getattr(target, "model", None),
+            repaired=repaired,
+            results=results,
+        )
+
     try:
         run = run_threads(
             one, [str(k) for k in range(len(todo))], workers=workers, order="completion", on_result=save, cancel=cancel
         )
+    except KeyboardInterrupt as exc:  # stopped from outside: every finished call is saved; say so on the way out
+        partial = getattr(exc, "report", None)
+        if isinstance(partial, RunReport):
+            exc.report = report_of(partial)  # type: ignore[attr-defined]
+        raise
     finally:
         store.close()
         if bar is not None:
             bar.close()
-
-    records = []
-    for record in run.records:
-        k = int(record.prompt)
-        records.append(dataclasses.replace(record, index=todo[k], prompt=listed[todo[k]]["text"]))
-    delivered = [todo[k] for k in run.delivery_order]
-    done = [r for r in records if r.delivered is not None]
-    input_tokens = output_tokens = 0
-    for raw in raw_results.values():
-        input_tokens += getattr(raw, "input_tokens", None) or 0
-        output_tokens += getattr(raw, "output_tokens", None) or 0
-    return BatchReport(
-        "batch",
-        records,
-        run.wall,
-        run.cpu,
-        workers,
-        f"batch ({workers} worker{'s' if workers != 1 else ''})",
-        delivered,
-        run.cancelled,
-        checkpoint=path,
-        total=len(listed),
-        answered=counts["answered"],
-        failed=counts["failed"],
-        skipped=skipped,
-        redone=counts["redone"],
-        attempts=sum(r.attempts for r in done),
-        tokens=sum(r.tokens or 0 for r in done),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model=getattr(target, "model", None),
-        repaired=repaired,
-        results=results,
-    )
+    return report_of(run)
 
 
 def _line(key: Any, record: CallRecord, raw: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Calls are short (``latency`` 0.02-0.05 s, ``profile="fixed"`` unless the test ne
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import random
@@ -258,6 +259,27 @@ def test_cancel_stops_starting_calls_and_keeps_what_finished(
     assert len(lines(path)) == report.answered  # what finished is saved, nothing else
     rest = run_batch(call, items, checkpoint=path, workers=8, **FAST)
     assert rest.skipped == report.answered and rest.remaining == 0
+
+
+def test_an_interrupted_run_keeps_what_finished(sim: simulator.Simulator, call: Any, tmp_path: Path) -> None:
+    """Ctrl+C (Jupyter's stop button) in the middle of a batch: the results that arrived are in the checkpoint,
+    and the next run does the rest, each item once."""
+    sim.configure(latency=0.05)
+    items, path = items_of(40), tmp_path / "c.jsonl"
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(call, items, checkpoint=path, workers=2, **FAST)
+    timer.join()
+    partial = getattr(stopped.value, "report", None)
+    if partial is not None:  # the runner hands over what it had: as a BatchReport, in the items' terms
+        assert isinstance(partial, BatchReport) and partial.total == 40
+        assert all(r.prompt == items[r.index]["text"] for r in partial.records)
+    saved = len(read_checkpoint(path))
+    assert 0 < saved < 40
+    rest = run_batch(call, items, checkpoint=path, workers=8, **FAST)
+    assert rest.skipped == saved and rest.answers == [item["id"] for item in items]
+    assert sorted(Counter(e["id"] for e in lines(path)).values()) == [1] * 40
 
 
 def test_draw_accepts_the_report(call: Any, tmp_path: Path) -> None:
