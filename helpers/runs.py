@@ -3,6 +3,9 @@
 Each runner returns a :class:`RunReport`: one :class:`CallRecord` per prompt (when it started and ended, on
 which worker, how many attempts, the answer or the error) plus the wall time and the client's CPU time.
 A failed call is a record with its error: no prompt is ever lost, and one failure never stops the others.
+An interrupted run (the stop button in Jupyter, Ctrl+C) stops at once and keeps what had finished: the
+``KeyboardInterrupt`` (or ``CancelledError``) carries the run's report as ``.report``, and ``on_result`` has
+been given every call that finished.
 
 The lessons write the ``ThreadPoolExecutor`` and the ``gather`` themselves; these runners do the same thing
 with the bookkeeping added, so that every run can be drawn (``helpers.timeline``) and compared.
@@ -11,6 +14,7 @@ with the bookkeeping added, so that every run can be drawn (``helpers.timeline``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import itertools
@@ -285,6 +289,26 @@ def _deliver(record: CallRecord, clock: _Clock, delivered: list[int], on_result:
         on_result(record)
 
 
+# How long an interrupted run waits for the calls in flight before it returns without their answers.
+INTERRUPT_GRACE = 0.5
+IN_FLIGHT_CANCELLED = "cancelled while in flight: the run stopped without waiting for its answer"
+
+
+def _keep_interrupted(exc: BaseException, report: RunReport, runner: str) -> BaseException:
+    """Hang the partial report on the interrupt, with a note saying where to find it; returns the interrupt to
+    raise again, without the frames inside the call or the pool where it happened to land (a long traceback of
+    library code says nothing about an interrupt, and Jupyter takes a while to print it)."""
+    report.cancelled = True
+    if getattr(exc, "report", None) is None:  # else an inner runner got there first
+        exc.report = report  # type: ignore[attr-defined]
+        finished = sum(1 for r in report.records if r.ok)
+        exc.add_note(
+            f"{runner} was interrupted after {finished} of {report.n} calls had answered; their records are kept "
+            "in the report on this exception: sys.last_value.report in Jupyter (on_result saw each finished call)."
+        )
+    return exc.with_traceback(None)
+
+
 # --- sequential and threads -------------------------------------------------------------------------------
 
 
@@ -311,12 +335,23 @@ def run_sequential(
     clock = _Clock()
     delivered: list[int] = []
     records = [CallRecord(i, p) for i, p in enumerate(items)]
-    for record in records:
-        if cancel is not None and cancel.is_set():
-            _cancelled(record, clock)
-            continue
-        _timed(call, record, clock)
-        _deliver(record, clock, delivered, on_result)
+    try:
+        for record in records:
+            if cancel is not None and cancel.is_set():
+                _cancelled(record, clock)
+                continue
+            _timed(call, record, clock)
+            _deliver(record, clock, delivered, on_result)
+    except KeyboardInterrupt as exc:  # raised inside a call: that call was in flight, the rest never started
+        for record in records:
+            if record.worker and record.end == 0.0 and record.error is None and record.answer is None:
+                record.end = clock.now()
+                record.error = IN_FLIGHT_CANCELLED
+            elif not record.worker:
+                _cancelled(record, clock)
+        raise _keep_interrupted(
+            exc, clock.report("sequential", records, 1, delivered, True), "run_sequential"
+        ) from None
     return clock.report("sequential", records, 1, delivered, _was_cancelled(cancel))
 
 
@@ -368,6 +403,7 @@ def run_threads(
     stream = futures if order == "input" else as_completed(futures)
     deadline: list[float] = []  # set when the run is cancelled and abandon_after is given
     abandoned = False
+    interrupted: BaseException | None = None
     try:
         for future in stream:
             if not _wait_or_cancel(future, cancel, pool, abandon_after, deadline):
@@ -376,8 +412,20 @@ def run_threads(
             done = None if future.cancelled() else future.result()
             if done is not None:
                 _deliver(done, clock, delivered, on_result)
+    except KeyboardInterrupt as exc:
+        # Stopped from outside (Ctrl+C, Jupyter's stop button): no new call starts, the calls in flight get a
+        # moment to finish, then the run gives up on them; their threads end on their own when answers arrive.
+        interrupted, abandoned = exc, True  # a second interrupt while waiting below must not wait any longer
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait(futures, timeout=INTERRUPT_GRACE if abandon_after is None else abandon_after)
+        abandoned = not all(f.done() for f in futures)
     finally:
         pool.shutdown(wait=not abandoned, cancel_futures=True)
+    if interrupted is not None:  # every call that finished reaches on_result, even those after a slow one
+        for future in futures:
+            done = None if not future.done() or future.cancelled() else future.result()
+            if done is not None and done.index not in delivered:
+                _deliver(done, clock, delivered, on_result)
     if abandoned:
         now = clock.now()
         kept = []
@@ -385,13 +433,16 @@ def run_threads(
             copy = dataclasses.replace(record)  # the thread may still write into the original later
             if not future.done():
                 copy.end = now
-                copy.error = "cancelled while in flight: the run stopped without waiting for its answer"
+                copy.error = IN_FLIGHT_CANCELLED
             kept.append(copy)
         records = kept
     for record, future in zip(records, futures, strict=True):
         if future.cancelled():
             _cancelled(record, clock)
-    return clock.report(strategy, records, workers, delivered, _was_cancelled(cancel))
+    report = clock.report(strategy, records, workers, delivered, _was_cancelled(cancel))
+    if interrupted is not None:
+        raise _keep_interrupted(interrupted, report, "run_threads") from None
+    return report
 
 
 def _wait_or_cancel(
@@ -496,7 +547,8 @@ async def run_async(
     slots = list(range(limit, 0, -1)) if limit is not None else []
     strategy = "asyncio" if order == "input" else "asyncio-completion"
     tasks = [asyncio.ensure_future(_timed_async(acall, r, clock, semaphore, slots, cancel)) for r in records]
-    watcher = asyncio.ensure_future(_watch_cancel(cancel, tasks)) if cancel is not None else None
+    watcher = asyncio.ensure_future(_watch_cancel(cancel, tasks))
+    interrupted: BaseException | None = None
     try:
         if order == "input":
             done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -510,23 +562,36 @@ async def run_async(
                 except asyncio.CancelledError:
                     if cancel is None or not cancel.is_set():
                         raise
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        # This run itself was cancelled (Jupyter's stop button cancels an awaiting cell) or interrupted. Its calls
+        # are cancelled below; the ones that finished are kept and delivered.
+        interrupted = exc
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        watcher.cancel()
         for task in tasks:
             task.cancel()
     for record, task in zip(records, tasks, strict=True):
-        unfinished = task.cancelled() or (task.done() and not isinstance(task.result(), CallRecord))
-        if unfinished and record.error is None and record.answer is None:
+        finished = task.done() and not task.cancelled() and task.exception() is None
+        finished = finished and isinstance(task.result(), CallRecord)
+        if finished:
+            if interrupted is not None and record.index not in delivered:
+                _deliver(record, clock, delivered, on_result)
+        elif record.error is None and record.answer is None:
+            in_flight = interrupted is not None and record.start > 0 and not task.done()
             record.start = record.start or clock.now()
             record.end = clock.now()
-            record.error = "cancelled"
+            record.error = IN_FLIGHT_CANCELLED if in_flight else "cancelled"
             record.worker = record.worker or "not started"
-    return clock.report(strategy, records, limit, delivered, _was_cancelled(cancel))
+    report = clock.report(strategy, records, limit, delivered, _was_cancelled(cancel))
+    if interrupted is not None:
+        raise _keep_interrupted(interrupted, report, "run_async") from None
+    return report
 
 
-async def _watch_cancel(cancel: threading.Event, tasks: Sequence[asyncio.Task[Any]]) -> None:
-    while not cancel.is_set():
+async def _watch_cancel(cancel: threading.Event | None, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel the calls once ``cancel`` is set. It also wakes the event loop every 50 ms, without which Jupyter's
+    stop button (a callback the loop runs only when it next wakes) would wait for the next answer to arrive."""
+    while cancel is None or not cancel.is_set():
         await asyncio.sleep(0.05)
     for task in tasks:
         task.cancel()
@@ -538,24 +603,56 @@ def run_in_new_loop(coro: Awaitable[T]) -> T:
     Works from plain scripts and from inside Jupyter (whose loop is already running), without nest-asyncio.
     """
     box: list[Any] = []
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        running.append((asyncio.get_running_loop(), task))
+        return await coro
+
+    finished = threading.Event()
 
     def target() -> None:
         try:
-            box.append((True, asyncio.run(_as_coroutine(coro))))
+            box.append((True, asyncio.run(main())))
         except BaseException as exc:  # handed back to the caller's thread
             box.append((False, exc))
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=target, name="asyncio-runner", daemon=True)
     thread.start()
-    thread.join()
+    try:
+        # An Event, not thread.join(): on Python 3.11 a join interrupted by Ctrl+C marks the thread as ended,
+        # and every later join returns at once.
+        finished.wait()
+    except KeyboardInterrupt as interrupt:
+        # Interrupted in the caller's thread: cancel the coroutine too, so that its calls stop now rather than
+        # run on unseen; a run cancelled that way hands back what it had finished (``.report``).
+        _cancel_soon(running)
+        finished.wait(INTERRUPT_JOIN)
+        inner = box[0][1] if box and not box[0][0] else None
+        report = getattr(inner, "report", None)
+        if report is not None:
+            interrupt.report = report  # type: ignore[attr-defined]
+            for note in getattr(inner, "__notes__", []):
+                interrupt.add_note(note)
+        raise interrupt.with_traceback(None) from None  # where the wait was interrupted says nothing
     ok, value = box[0]
     if not ok:
         raise value
     return value
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+# How long an interrupted run_in_new_loop waits for its coroutine to finish cancelling.
+INTERRUPT_JOIN = 2.0
+
+
+def _cancel_soon(running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]]) -> None:
+    for loop, task in running:
+        with contextlib.suppress(RuntimeError):  # the loop has closed already: nothing left to cancel
+            loop.call_soon_threadsafe(task.cancel)
 
 
 # --- the naive versions, kept as teaching examples (lessons 02-03) ----------------------------------------
@@ -577,10 +674,24 @@ def run_naive_threads(call: Callable[[str], Any], prompts: Iterable[str]) -> Run
 
     records = [CallRecord(i, p) for i, p in enumerate(items)]
     threads = [threading.Thread(target=work, args=(r,), name=f"thread_{next(counter)}") for r in records]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt as exc:  # the threads cannot be stopped: keep what they have finished so far
+        with lock:
+            finished = {r.index for r in results}
+            delivered = [r.index for r in results]
+        kept = [dataclasses.replace(r) for r in records]
+        for record in kept:
+            if record.index not in finished:
+                if record.worker:
+                    record.end, record.error = clock.now(), IN_FLIGHT_CANCELLED
+                else:
+                    _cancelled(record, clock)
+        partial = clock.report("naive-threads", kept, None, delivered, True)
+        raise _keep_interrupted(exc, partial, "run_naive_threads") from None
     return clock.report("naive-threads", records, None, [r.index for r in results])
 
 
@@ -649,13 +760,22 @@ def run_agent_threads(
             local.agent = agent
         return agent.run_sync(prompt).output
 
+    interrupted = False
     try:
         report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        partial = getattr(exc, "report", None)
+        if isinstance(partial, RunReport):
+            partial.strategy, partial.label = "agent-threads", f"agent-threads ({workers} workers)"
+        raise
     finally:
-        # The pool's threads have ended; the caller's thread may be running a loop of its own (Jupyter's).
-        closer = threading.Thread(target=_close_loops, args=(loops, entered), name="agent-cleanup")
+        # The caller's thread may be running a loop of its own (Jupyter's), so the loops are closed in a thread.
+        # After an interrupt, calls may still be in flight on them: that thread waits for them, unwatched.
+        closer = threading.Thread(target=_close_loops, args=(loops, entered), name="agent-cleanup", daemon=True)
         closer.start()
-        closer.join()
+        if not interrupted:
+            closer.join()
     report.strategy = "agent-threads"
     report.label = f"agent-threads ({workers} workers)"
     return report
@@ -663,6 +783,9 @@ def run_agent_threads(
 
 def _close_loops(loops: list[asyncio.AbstractEventLoop], entered: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
     """Leave the agents (closing their HTTP clients) on the loops they used, then close those loops."""
+    deadline = time.monotonic() + 120
+    while any(loop.is_running() for loop in loops) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a call abandoned by an interrupted run is still running on it
     try:
         for loop, agent in entered:
             loop.run_until_complete(agent.__aexit__(None, None, None))
