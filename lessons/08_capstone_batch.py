@@ -127,14 +127,15 @@ else:
 # What did the kill leave? Complete lines, one per finished item. The calls that were in flight are lost: their
 # answers never reached the file, so nothing claims they were done.
 #
-# A kill can also land *during* a write and leave half a line. That is rare (a line takes microseconds to write),
-# so we do it by hand: cut the end of the last line off, the way a crash would.
+# A checkpoint can also end in half a line: a power cut before the data reached the disk, a full disk, or a
+# program that writes each line in several pieces and dies between them. That is rare, so we do it by hand: cut
+# the end of the last line off.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if target.is_simulator:
     data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[:-30])  # half a line at the end, as if the kill had come mid-write
+    checkpoint.write_bytes(data[:-30])  # half a line at the end, as a crash in the middle of a write leaves it
     print(checkpoint.read_text()[-220:])
 saved = read_checkpoint(checkpoint)  # the complete lines only
 
