@@ -77,7 +77,8 @@ def answer_from(response: httpx.Response) -> str:
         raise MalformedResponse(
             response.status_code,
             f"the answer is not a chat completion ({exc.__class__.__name__}"
-            f": {str(exc)[:80]}); body starts {response.text[:60]!r}",
+            f": {str(exc)[:80]}); body starts {response.text[:60]!r}. A wrong LLM_BASE_URL (an OpenAI-compatible "
+            "one ends in /v1) or a proxy's error page answers like this; a truncated answer may succeed if tried again",
         ) from None
     return content if isinstance(content, str) else json.dumps(content)
 

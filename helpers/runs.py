@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import inspect
 import itertools
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -267,11 +269,37 @@ def _check_order(order: str) -> str:
 def _prompts(prompts: Iterable[str]) -> list[str]:
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not one string")
-    items = list(prompts)
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise ValueError(f"prompts must be a list of strings (got {type(prompts).__name__})") from None
     for i, p in enumerate(items):
         if not isinstance(p, str):
             raise ValueError(f"prompts[{i}] must be a string (got {type(p).__name__})")
     return items
+
+
+def _check_call(call: Any, runner: str) -> None:
+    """A plain function for the thread runners; an async one belongs to run_async."""
+    if not callable(call):
+        raise TypeError(f"{runner} needs a function that takes a prompt and returns its answer (got {call!r:.60})")
+    if runner != "run_async" and inspect.iscoroutinefunction(call):
+        raise TypeError(
+            f"{getattr(call, '__name__', 'call')} is an async function: {runner} would only collect its unawaited "
+            "coroutines. Use `await run_async(call, prompts)` for it, or give a plain (def) function."
+        )
+
+
+class _NotAwaitable(TypeError):
+    """run_async was given a plain function: every call would fail the same way, so the run stops."""
+
+
+def _check_abandon_after(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"abandon_after must be a number of seconds, 0 or more, or None to wait (got {value!r})")
+    return float(value)
 
 
 def _worker_name() -> str:
@@ -331,6 +359,7 @@ def run_sequential(
     cancel: threading.Event | None = None,
 ) -> RunReport:
     """Call ``call(prompt)`` for each prompt, one after another (lesson 01)."""
+    _check_call(call, "run_sequential")
     items = _prompts(prompts)
     clock = _Clock()
     delivered: list[int] = []
@@ -386,6 +415,8 @@ def run_threads(
     recorded as cancelled, and their threads end on their own when their answers arrive (the lab uses this).
     """
     workers, order = _check_workers(workers), _check_order(order)
+    _check_call(call, "run_threads")
+    abandon_after = _check_abandon_after(abandon_after)
     items = _prompts(prompts)
     clock = _Clock()
     delivered: list[int] = []
@@ -508,7 +539,16 @@ async def _timed_async(
         record.start = clock.now()
         _current_call.set((record, clock))  # in this task's own context
         try:
-            _fill(record, await acall(record.prompt))
+            pending = acall(record.prompt)
+            if not inspect.isawaitable(pending):
+                raise _NotAwaitable(
+                    f"run_async needs an async function (async def, or one that returns a coroutine); "
+                    f"{getattr(acall, '__name__', 'acall')} returned a {type(pending).__name__}. "
+                    "Use run_threads for a plain function."
+                )
+            _fill(record, await pending)
+        except _NotAwaitable:
+            raise
         except Exception as exc:
             _fail(record, exc)
         if record.end <= record.start:  # not marked already by a limiter inside the call
@@ -539,6 +579,7 @@ async def run_async(
     if limit is not None:
         limit = _check_workers(limit, "limit")
     order = _check_order(order)
+    _check_call(acall, "run_async")
     items = _prompts(prompts)
     clock = _Clock()
     delivered: list[int] = []
@@ -553,6 +594,8 @@ async def run_async(
         if order == "input":
             done = await asyncio.gather(*tasks, return_exceptions=True)
             for result in done:
+                if isinstance(result, _NotAwaitable):
+                    raise result
                 if isinstance(result, CallRecord):
                     _deliver(result, clock, delivered, on_result)
         else:
@@ -562,6 +605,8 @@ async def run_async(
                 except asyncio.CancelledError:
                     if cancel is None or not cancel.is_set():
                         raise
+    except _NotAwaitable as exc:
+        raise TypeError(str(exc)) from None
     except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         # This run itself was cancelled (Jupyter's stop button cancels an awaiting cell) or interrupted. Its calls
         # are cancelled below; the ones that finished are kept and delivered.
@@ -569,6 +614,8 @@ async def run_async(
     finally:
         watcher.cancel()
         for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # seen here, so that asyncio does not log it as never retrieved
             task.cancel()
     for record, task in zip(records, tasks, strict=True):
         finished = task.done() and not task.cancelled() and task.exception() is None
@@ -641,7 +688,11 @@ def run_in_new_loop(coro: Awaitable[T]) -> T:
         raise interrupt.with_traceback(None) from None  # where the wait was interrupted says nothing
     ok, value = box[0]
     if not ok:
-        raise value
+        # Shown from the coroutine on: the frames of asyncio.run and its runner say nothing about the error.
+        tb = value.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not main.__code__:
+            tb = tb.tb_next
+        raise value.with_traceback(tb.tb_next if tb is not None else value.__traceback__)
     return value
 
 
@@ -853,6 +904,10 @@ def run(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if not isinstance(getattr(target, "model", None), str) or not callable(getattr(target, "client", None)):
+        raise ValueError(f"target must be where calls go, as helpers.connect() returns it (got {target!r:.60})")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a whole number of at least 1, or None for no limit (got {max_tokens!r})")
     workers = _check_workers(workers)
     items = _prompts(prompts)
     if order is None:

@@ -10,6 +10,7 @@ printed and never part of a repr.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class Target:
 
     def client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100) -> httpx.Client:
         """A synchronous ``httpx.Client`` for this target: build it once, share it between threads."""
+        _check_timeout(timeout)
         limits = self._limits(connections)
         if self.quota is None:
             return httpx.Client(base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=limits)
@@ -128,6 +130,7 @@ class Target:
         self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, connections: int = 100
     ) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for this target: build it once per event loop and share it between tasks."""
+        _check_timeout(timeout)
         limits = self._limits(connections)
         if self.quota is None:
             return httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout, limits=limits)
@@ -208,6 +211,17 @@ class Target:
                 "every request goes through it. Pass timeout=... or max_retries=... instead."
             )
         return self._guarded_httpx2(sync=sync)
+
+
+def _check_timeout(timeout: Any) -> None:
+    """Seconds a call may take (a number > 0, or None for no limit), or an ``httpx.Timeout``."""
+    if timeout is None or isinstance(timeout, httpx.Timeout):
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0 or timeout == math.inf:
+        raise ValueError(
+            f"timeout must be a number of seconds greater than 0, e.g. timeout=30.0, or None for no limit "
+            f"(got {timeout!r})"
+        )
 
 
 _lock = threading.Lock()
@@ -305,7 +319,18 @@ def _check(target: Target) -> Target:
     if response.status_code in (401, 403):
         what = "rejected LLM_API_KEY" if target.api_key else "needs a key: set LLM_API_KEY"
         raise SetupError(f"The LLM endpoint at {target.base_url} {what} (HTTP {response.status_code}).")
+    if response.status_code == 404 and not target.base_url.endswith("/v1"):
+        raise SetupError(
+            f"The server at {target.base_url} has no /models (HTTP 404): an OpenAI-compatible LLM_BASE_URL "
+            f"usually ends in /v1; try LLM_BASE_URL={target.base_url}/v1"
+        )
     if response.headers.get(_simulator.SIMULATOR_HEADER):
         sim = _simulator.Simulator.attach(target.base_url)
+        served = sim._config.models
+        if target.model not in served:
+            raise SetupError(
+                f"LLM_MODEL={target.model!r} is not served by the simulator at {target.base_url}; set LLM_MODEL "
+                f"to one of: {', '.join(served)}"
+            )
         return Target(base_url=target.base_url, model=target.model, api_key=target.api_key, simulator=sim)
     return target
