@@ -233,8 +233,9 @@ def test_interrupt_returns_soon_and_keeps_what_finished(
     if case == "run 'sequential'":  # one call at a time: interrupted while still on the quick ones
         kept = [a for a in answers if a is not None]
         assert 1 <= len(kept) < QUICK and kept == quick[: len(kept)], after
-    else:  # three at a time: the quick ones had all finished
+    else:  # three at a time: the quick ones had all finished, and the run did not wait for the slow ones
         assert answers[:QUICK] == quick, after
+        assert answers[QUICK:] == [None] * (N - QUICK), "the run waited for calls in flight"
     for prompt, answer, error in zip(PROMPTS, answers, after["errors"], strict=True):
         if answer is not None:
             assert answer == prompt.removeprefix("Reply: ") and error is None
