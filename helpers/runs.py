@@ -413,6 +413,8 @@ def run_threads(
     in a network read cannot be stopped from outside); by default the run waits for them and keeps their
     answers. With ``abandon_after=s`` it waits at most ``s`` seconds for them, then returns: those calls are
     recorded as cancelled, and their threads end on their own when their answers arrive (the lab uses this).
+    Interrupted (Ctrl+C, Jupyter's stop button), it does the same with ``INTERRUPT_GRACE`` (0.5 s) unless
+    ``abandon_after`` says otherwise, then raises the ``KeyboardInterrupt`` with the run so far as ``.report``.
     """
     workers, order = _check_workers(workers), _check_order(order)
     _check_call(call, "run_threads")
@@ -575,6 +577,8 @@ async def run_async(
     ``order="input"`` is ``asyncio.gather``: all answers come back together, in input order.
     ``order="completion"`` is ``asyncio.as_completed``: each answer as soon as its call finishes.
     ``limit=None`` means no semaphore: every call starts at once.
+    Cancelled (Jupyter's stop button cancels an awaiting cell), it cancels its calls and raises the
+    ``CancelledError`` with the run so far as ``.report``; ``on_result`` has been given every finished call.
     """
     if limit is not None:
         limit = _check_workers(limit, "limit")

@@ -20,15 +20,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from helpers import simulator
+from helpers.calls import ask, ask_async
+from helpers.runs import (
+    CallRecord,
+    RunReport,
+    run_async,
+    run_in_new_loop,
+    run_naive_threads,
+    run_sequential,
+    run_threads,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 N, QUICK, WORKERS = 30, 6, 3
@@ -272,3 +286,108 @@ def test_a_simulator_started_in_the_kernel_survives_an_interrupt() -> None:
         )
     finally:
         kernel.stop()
+
+
+# --- the same in this process: SIGINT (Ctrl+C) during a run, without a kernel ------------------------------------
+
+
+class Interrupt:
+    """Sends this process SIGINT (as Ctrl+C does) ``after`` seconds, from a timer thread; notes when."""
+
+    def __init__(self, after: float) -> None:
+        self.sent = 0.0
+        self.timer = threading.Timer(after, self._send)
+        self.timer.start()
+
+    def _send(self) -> None:
+        self.sent = time.monotonic()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def seconds_since(self) -> float:
+        self.timer.join()
+        return time.monotonic() - self.sent
+
+
+def kept(report: RunReport) -> list[str]:
+    return [r.answer for r in report.records if r.ok]
+
+
+def test_ctrl_c_during_run_threads(slow_sim: simulator.Simulator) -> None:
+    got: list[CallRecord] = []
+    slow_sim.reset()
+    with httpx.Client(base_url=slow_sim.api_url, timeout=10) as client:
+        interrupt = Interrupt(INTERRUPT_AFTER)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            run_threads(lambda p: ask(client, "sim-1", p), PROMPTS, workers=WORKERS, on_result=got.append)
+        seconds = interrupt.seconds_since()
+    report = caught.value.report  # type: ignore[attr-defined]
+    print(f"\nrun_threads: back {seconds:.2f} s after Ctrl+C, {len(kept(report))} answers kept")
+    assert seconds < 2.0
+    assert report.cancelled and report.n == N and kept(report) == [p.removeprefix("Reply: ") for p in PROMPTS[:QUICK]]
+    assert sorted(r.index for r in got) == list(range(QUICK))
+    assert all("cancelled" in (r.error or "") for r in report.records[QUICK:])
+    assert "sys.last_value.report" in "".join(caught.value.__notes__)
+
+
+def test_ctrl_c_during_run_async_in_a_new_loop_stops_its_calls(slow_sim: simulator.Simulator) -> None:
+    """run_in_new_loop cancels the coroutine: before, its thread went on sending every call, unseen."""
+    got: list[CallRecord] = []
+
+    async def go() -> RunReport:
+        async with httpx.AsyncClient(base_url=slow_sim.api_url, timeout=10) as client:
+            return await run_async(
+                lambda p: ask_async(client, "sim-1", p), PROMPTS, limit=WORKERS, on_result=got.append
+            )
+
+    slow_sim.reset()
+    interrupt = Interrupt(INTERRUPT_AFTER)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_in_new_loop(go())
+    seconds = interrupt.seconds_since()
+    sent = slow_sim.stats(records=False)["requests"]
+    time.sleep(1.5)
+    print(f"\nrun_in_new_loop(run_async): back {seconds:.2f} s after Ctrl+C, {sent} requests sent")
+    assert seconds < 2.0
+    assert slow_sim.stats(records=False)["requests"] == sent < N
+    assert not [t for t in threading.enumerate() if t.name == "asyncio-runner"]
+    report = caught.value.report  # type: ignore[attr-defined]
+    assert kept(report) == [p.removeprefix("Reply: ") for p in PROMPTS[:QUICK]]
+    assert sorted(r.index for r in got) == list(range(QUICK))
+
+
+def test_ctrl_c_during_run_sequential(slow_sim: simulator.Simulator) -> None:
+    slow_sim.reset()
+    with httpx.Client(base_url=slow_sim.api_url, timeout=10) as client:
+        interrupt = Interrupt(0.6)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            run_sequential(lambda p: ask(client, "sim-1", p), PROMPTS)
+        seconds = interrupt.seconds_since()
+    report = caught.value.report  # type: ignore[attr-defined]
+    assert seconds < 1.0
+    answered = kept(report)
+    assert 1 <= len(answered) < QUICK and answered == [p.removeprefix("Reply: ") for p in PROMPTS[: len(answered)]]
+    in_flight = report.records[len(answered)]
+    assert in_flight.error and "while in flight" in in_flight.error
+    assert all(r.error == "cancelled before it started" for r in report.records[len(answered) + 1 :])
+    # The interrupt is raised from the runner, not from deep inside httpx where it landed.
+    assert len(traceback_of(caught.value)) <= 2
+
+
+def test_ctrl_c_during_run_naive_threads(slow_sim: simulator.Simulator) -> None:
+    slow_sim.reset()
+    with httpx.Client(base_url=slow_sim.api_url, timeout=10, limits=httpx.Limits(max_connections=N)) as client:
+        interrupt = Interrupt(INTERRUPT_AFTER)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            run_naive_threads(lambda p: ask(client, "sim-1", p), PROMPTS)
+        seconds = interrupt.seconds_since()
+        report = caught.value.report  # type: ignore[attr-defined]
+        assert seconds < 1.0
+        assert kept(report) == [p.removeprefix("Reply: ") for p in PROMPTS[:QUICK]]
+        assert all("while in flight" in (r.error or "") for r in report.records[QUICK:])
+        deadline = time.monotonic() + SETTLE_WITHIN  # its threads cannot be stopped: they end with their calls
+        while any(t.name.startswith("thread_") for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def traceback_of(error: BaseException) -> list[Any]:
+    return traceback.extract_tb(error.__traceback__)
