@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from helpers import simulator
-from helpers.calls import ask, ask_async
+from helpers.calls import APIError, ask, ask_async
 from helpers.retry import is_retryable, with_retries
 from helpers.runs import RunReport, run_async, run_in_new_loop, run_threads
 
@@ -43,10 +43,10 @@ FAULTS: dict[str, Any] = {
     "latency": 0.02,
     "fail_rate": 0.35,
     "fail_kinds": FAIL_KINDS,
-    "hang_seconds": 2.0,
+    "hang_seconds": 3.0,
 }
 # Long enough for a 20 ms answer on a loaded machine, short enough that a hang costs little.
-TIMEOUT = httpx.Timeout(0.6, connect=3.0)
+TIMEOUT = httpx.Timeout(1.0, connect=3.0)
 RETRY: dict[str, Any] = {"attempts": ATTEMPTS, "base": 0.02, "cap": 0.2, "max_wait": 6.0, "rng": 3}
 # The simulator's RPM bucket holds a minute's worth of requests and refills at RPM / 60 per second. A run sends
 # about 750 requests (500 prompts, a third of the tries failing), so with 660 the bucket runs dry near the end.
@@ -126,7 +126,10 @@ def check_run(report: RunReport, stats: dict[str, Any]) -> dict[str, Any]:
     assert stats["requests"] == sum(r.attempts for r in report.records)
 
     by_status = Counter({str(k): v for k, v in stats["by_status"].items()})
-    final = Counter((r.error or "").split(":")[0] for r in report.failures)
+    final = Counter(
+        f"HTTP {r.exception.status}" if isinstance(r.exception, APIError) else type(r.exception).__name__
+        for r in report.failures
+    )
     return {
         "wall s": round(report.wall, 2),
         "requests": stats["requests"],
@@ -148,9 +151,10 @@ def test_500_prompts_under_faults_and_an_rpm_limit(runner: str, faulty: simulato
     figures = check_run(report, stats)
     figures = {"runner": runner, "rpm": RPM, **figures, "test s": round(time.perf_counter() - began, 2)}
     print("\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
-    # Every kind of fault was met, and so was the RPM limit.
+    # Every kind of fault was met, and so was the RPM limit, unless the run was slow enough for the bucket's
+    # refill (RPM / 60 a second) to serve it all (a very loaded machine).
     assert set(figures["faults met"]) == {"500", "429", "hang", "drop"}
-    assert figures["rpm 429s"] > 0
+    assert figures["rpm 429s"] > 0 or stats["requests"] <= RPM + RPM / 60 * report.wall
     # Retries rescue most prompts. Those that give up mostly met the empty RPM bucket again and again: 32 workers
     # retrying after its short retry-after share a refill of 11 requests a second (a Throttle would space them).
     assert figures["answered"] >= 0.9 * N
