@@ -376,9 +376,8 @@ def draw(*reports: RunReport, title: str | None = None, show_delivery: bool = Tr
     """
     if not reports:
         raise ValueError("draw() needs at least one RunReport, e.g. draw(sequential, threaded)")
-    for report in reports:
-        if not isinstance(report, RunReport):
-            raise TypeError(f"draw() takes RunReport objects (got {type(report).__name__})")
+    _check_reports("draw", reports)
+    _check_width(width)
     heights = [_panel_height(r) for r in reports]
     span = max([r.wall for r in reports] + [max((c.end for c in r.records), default=0) for r in reports])
     span = max(span, 1e-3) * 1.12  # room for the last "wall" note
@@ -485,8 +484,22 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _check_reports(name: str, reports: Sequence[Any]) -> None:
+    for report in reports:
+        if not isinstance(report, RunReport):
+            hint = f"; for a list of reports use {name}(*reports)" if isinstance(report, list | tuple) else ""
+            raise TypeError(f"{name}() takes RunReport objects (got {type(report).__name__}){hint}")
+
+
+def _check_width(width: Any) -> None:
+    least = _LEFT + _RIGHT + 1
+    if isinstance(width, bool) or not isinstance(width, int | float) or not least <= width <= 100:
+        raise ValueError(f"width is the picture's width in inches, from {least:g} to 100 (got {width!r}); 10 is usual")
+
+
 def summary_table(*reports: RunReport) -> Table:
     """One row per run: wall time against the sum of latencies, speed-up, failures (lesson 01)."""
+    _check_reports("summary_table", reports)
     return Table([{c: r.summary().get(c) for c in COLUMNS} for r in reports])
 
 
@@ -528,6 +541,10 @@ def draw_server(stats: Mapping[str, Any], title: str | None = None, width: float
     line itself stays at the limit. Dips shorter than 0.5% of the time axis (a request ending a moment before
     the next one is sent) are smoothed out; peaks are drawn exactly.
     """
+    if not isinstance(stats, Mapping):
+        hint = "; for a run's report use draw(report)" if isinstance(stats, RunReport) else ""
+        raise TypeError(f"draw_server() takes what target.simulator.stats() returns (got {type(stats).__name__}){hint}")
+    _check_width(width)
     records = [r for r in stats.get("records", []) if r.get("received") is not None]
     fig = TimelineFigure(figsize=(width, 3.2), dpi=_DPI)
     ax = fig.add_axes((_LEFT / width, 0.17, 1 - (_LEFT + _RIGHT) / width, 0.62))

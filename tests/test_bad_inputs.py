@@ -24,10 +24,11 @@ from helpers import simulator
 from helpers.calls import APIError, MalformedResponse, ask
 from helpers.quota import QuotaExceeded, QuotaGuard
 from helpers.retry import with_retries
-from helpers.runs import run, run_async, run_in_new_loop, run_sequential, run_threads
+from helpers.runs import CallRecord, RunReport, run, run_async, run_in_new_loop, run_sequential, run_threads
 from helpers.settings import SetupError, Target, connect
 from helpers.simulator import ConfigError
 from helpers.throttle import Throttle
+from helpers.timeline import draw, draw_server, summary_table
 
 KEY = "classroom-key-5f2a"
 FAST = 2.0  # seconds: every error here comes at once, except the silent endpoint (5 s connect check)
@@ -109,6 +110,8 @@ def timeout_below_zero(e: Ends) -> Any:
     with e.target.client(timeout=-1) as client:
         return ask(client, "sim-1", "Reply: a")
 
+
+REPORT = RunReport("threads", [CallRecord(0, "Reply: a", 0.0, 0.1, answer="a")], 0.1, workers=1)
 
 # name: (what to do, the exception, words its message must contain)
 CASES: dict[str, tuple[Callable[[Ends], Any], type[BaseException], list[str]]] = {
@@ -243,6 +246,19 @@ CASES: dict[str, tuple[Callable[[Ends], Any], type[BaseException], list[str]]] =
         lambda e: run("threads", ["a"], target=None),
         ValueError,
         ["target must be", "helpers.connect()"],
+    ),
+    # --- pictures and tables ---
+    "draw() of a list": (lambda e: draw([REPORT, REPORT]), TypeError, ["got list", "draw(*reports)"]),
+    "draw() width=0": (lambda e: draw(REPORT, width=0), ValueError, ["width is the picture's width in inches"]),
+    "summary_table() of a list": (
+        lambda e: summary_table([REPORT]),
+        TypeError,
+        ["got list", "summary_table(*reports)"],
+    ),
+    "draw_server() of a report": (
+        lambda e: draw_server(REPORT),  # type: ignore[arg-type]
+        TypeError,
+        ["target.simulator.stats()", "draw(report)"],
     ),
 }
 
