@@ -34,6 +34,30 @@ HANG_TIMEOUT = 3.0  # client timeout while hangs are switched on: a hung call fa
 CANCEL_WAIT = 0.5  # after Cancel, wait this long for calls in flight, then stop without them
 
 
+def _set(control: Any, name: str, value: Any, provider_cap: int | None) -> None:
+    """Give a control its starting value, or say what it accepts (a widget would clamp it or fail deep down)."""
+    if isinstance(control, widgets.Checkbox):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} is switched on or off: True or False (got {value!r})")
+    elif hasattr(control, "options"):  # a choice: (label, value) pairs
+        allowed = [choice for _, choice in control.options]
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of: {', '.join(map(repr, allowed))} (got {value!r})")
+    else:
+        whole = isinstance(control, widgets.IntSlider | widgets.BoundedIntText)
+        number = int if whole else int | float
+        if isinstance(value, bool) or not isinstance(value, number) or not control.min <= value <= control.max:
+            kind = "a whole number" if whole else "a number"
+            why = ""
+            if name == "workers" and provider_cap is not None:
+                why = f": against a real provider the quota guard allows at most {provider_cap} calls in flight"
+            elif name == "prompts" and isinstance(value, int) and value > control.max:
+                why = f"; Lab(target, max_prompts={value}) allows more"
+            low, high = (control.min, control.max) if whole else (f"{control.min:g}", f"{control.max:g}")
+            raise ValueError(f"{name} must be {kind} from {low} to {high} (got {value!r}){why}")
+    control.value = value
+
+
 def _png_output(figure: Any) -> dict[str, Any]:
     """A display_data output for an Output widget: PNG as base64 text, as a browser expects it.
 
@@ -55,6 +79,10 @@ class Lab:
     ) -> None:
         """``show`` names the controls to display (all by default), e.g. ``show=("workers",)`` for a small panel
         inside a lesson; ``values`` set starting values, e.g. ``prompts=9, latency=0.4, profile="fixed"``."""
+        if not isinstance(getattr(target, "model", None), str) or not callable(getattr(target, "client", None)):
+            raise ValueError(f"Lab needs where calls go, as helpers.connect() returns it (got {target!r:.60})")
+        if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or not 1 <= max_prompts <= 1000:
+            raise ValueError(f"max_prompts must be a whole number from 1 to 1000 (got {max_prompts!r})")
         self.target = target
         self.real_provider = not getattr(target, "is_simulator", False)
         cap = target.max_in_flight or 10
@@ -131,11 +159,13 @@ class Lab:
             "profile": self.profile, "latency": self.latency, "seed": self.seed, "fail_rate": self.fail_rate,
             "rate_limit": self.rate_limit, "hangs": self.hangs,
         }  # fmt: skip
+        if isinstance(show, str):  # show="workers": one name, meant as show=("workers",)
+            show = (show,)
         unknown = sorted(set(show or ()) - set(named)) + sorted(set(values) - set(named))
         if unknown:
             raise ValueError(f"unknown lab control(s): {', '.join(unknown)}; known: {', '.join(named)}")
         for name, value in values.items():
-            named[name].value = value
+            _set(named[name], name, value, cap if self.real_provider else None)
         shown = set(show) if show is not None else set(named)
         main = [w for key, w in named.items() if key in shown and key not in ("fail_rate", "rate_limit", "hangs")]
         fault_controls = [w for key, w in named.items() if key in shown and key in ("fail_rate", "rate_limit", "hangs")]

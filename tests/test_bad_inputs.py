@@ -22,6 +22,7 @@ import pytest
 
 from helpers import simulator
 from helpers.calls import APIError, MalformedResponse, ask
+from helpers.lab import Lab
 from helpers.quota import QuotaExceeded, QuotaGuard
 from helpers.retry import with_retries
 from helpers.runs import CallRecord, RunReport, run, run_async, run_in_new_loop, run_sequential, run_threads
@@ -255,6 +256,25 @@ CASES: dict[str, tuple[Callable[[Ends], Any], type[BaseException], list[str]]] =
         TypeError,
         ["got list", "summary_table(*reports)"],
     ),
+    # --- the lab panel ---
+    "Lab(target=None)": (lambda e: Lab(None), ValueError, ["Lab needs where calls go", "helpers.connect()"]),
+    "Lab prompts past max_prompts": (
+        lambda e: Lab(e.target, prompts=50),
+        ValueError,
+        ["prompts must be a whole number from 1 to 30", "max_prompts=50"],
+    ),
+    "Lab workers=0": (lambda e: Lab(e.target, workers=0), ValueError, ["workers must be a whole number from 1"]),
+    "Lab workers past the provider's cap": (
+        lambda e: Lab(Target(base_url="http://127.0.0.1:9/v1", model="m"), workers=5),  # nothing is contacted
+        ValueError,
+        ["from 1 to 3", "quota guard allows at most 3"],
+    ),
+    "Lab unknown strategy": (
+        lambda e: Lab(e.target, strategy="thread"),
+        ValueError,
+        ["strategy must be one of", "'threads'"],
+    ),
+    "Lab latency=5": (lambda e: Lab(e.target, latency=5), ValueError, ["latency must be a number from 0.1 to 2"]),
     "draw_server() of a report": (
         lambda e: draw_server(REPORT),  # type: ignore[arg-type]
         TypeError,
@@ -294,6 +314,12 @@ def test_the_async_misuse_leaves_no_unawaited_coroutine(recwarn: pytest.Warnings
     with pytest.raises(TypeError):
         run_sequential(aecho, ["a", "b"])
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_lab_takes_one_control_name_as_show(ends: Ends) -> None:
+    """show="workers" (a string, not a tuple) means the one control, not the letters w, o, r, k, e, s."""
+    lab = Lab(ends.target, show="workers", workers=2)
+    assert lab.workers.value == 2
 
 
 def test_timeouts_that_are_fine(ends: Ends) -> None:
