@@ -207,14 +207,13 @@ for report in (sequential, threaded, in_asyncio):
     print(f"{report.label:40} {report.wall:.2f} s")
 
 # %%
-assert one_by_one == side_by_side == gathered  # same answers, whichever way they ran
 for report in (threaded, in_asyncio):
     for who in ("conversation A", "conversation B", "conversation C"):
         turn_1, turn_2 = sorted((r for r in report.records if r.worker == who), key=lambda r: r.start)
         assert turn_2.start >= turn_1.end  # within a conversation: one after the other
     assert report.wall < 0.6 * sequential.wall  # across conversations: side by side
-if target.is_simulator:
-    assert [plain(a) for a in one_by_one[0]] == ["42", "84"]
+if target.is_simulator:  # a real model may word the same answer differently from one run to the next
+    assert one_by_one == side_by_side == gathered == [["42", "84"], ["72", "70"], ["63", "73"]]
     assert threaded.wall > 0.9 * 2 * 0.15  # never shorter than one chain: two turns of 0.15 s
 
 # %% [markdown]
@@ -447,7 +446,8 @@ for name, report, used in runs:
     )
 
 # %%
-assert used_sequential["calls"] == used_parallel["calls"] == 3  # the same three requests either way
+assert quota_parallel.wall < 0.6 * quota_sequential.wall  # less time ...
+assert used_sequential["calls"] == used_parallel["calls"] == 3  # ... for the same three requests
 assert quota_sequential.peak_in_flight == 1 and quota_parallel.peak_in_flight == 3  # three slots at once
 assert used_parallel["input"] == used_sequential["input"]  # the same prompts, the same input tokens
 if target.is_simulator:  # the simulator's answers are the same every time; a real model's vary a little
@@ -499,8 +499,8 @@ if target.is_simulator:
 
 # %% [markdown]
 # So size `max_workers` (or the semaphore) from your limits, not from how fast you want to go: the concurrency
-# your provider allows you, and requests and tokens per minute divided by what one call takes. Lesson 06 turns
-# this into a throttle and retries.
+# your provider allows you, and requests and tokens per minute divided by what one call takes. Lesson 06 showed
+# the tools for it: a throttle, and retries that honour `retry-after`.
 #
 # ## Summary
 #
