@@ -87,6 +87,7 @@ async with target.async_client() as aclient:
             "asyncio",
             "asyncio-completion",
             "agent-threads",
+            "agent-asyncio",
         )
     },
 }
