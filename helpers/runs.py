@@ -22,7 +22,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -774,10 +774,25 @@ async def run_naive_async(
             response = await client.post("/chat/completions", json=chat_request(model, prompt, max_tokens=max_tokens))
             return answer_from(response)
 
-    report = await run_async(call, prompts, limit=None, order="input")
+    with _relabelled("naive-asyncio", "naive-asyncio (client per call)"):
+        report = await run_async(call, prompts, limit=None, order="input")
     report.strategy = "naive-asyncio"
     report.label = "naive-asyncio (client per call)"
     return report
+
+
+@contextlib.contextmanager
+def _relabelled(strategy: str, label: str, workers: int | None = None) -> Iterator[None]:
+    """An interrupted run's partial report (``.report``) named like the finished one would be."""
+    try:
+        yield
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        partial = getattr(exc, "report", None)
+        if isinstance(partial, RunReport):
+            partial.strategy, partial.label = strategy, label
+            if workers is not None:
+                partial.workers = workers
+        raise
 
 
 # --- pydantic-ai (lesson 04) ------------------------------------------------------------------------------
@@ -817,12 +832,10 @@ def run_agent_threads(
 
     interrupted = False
     try:
-        report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
-    except KeyboardInterrupt as exc:
+        with _relabelled("agent-threads", f"agent-threads ({workers} workers)"):
+            report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
+    except KeyboardInterrupt:
         interrupted = True
-        partial = getattr(exc, "report", None)
-        if isinstance(partial, RunReport):
-            partial.strategy, partial.label = "agent-threads", f"agent-threads ({workers} workers)"
         raise
     finally:
         # The caller's thread may be running a loop of its own (Jupyter's), so the loops are closed in a thread.
@@ -864,9 +877,10 @@ async def run_agent_async(
     async def call(prompt: str) -> Any:
         return (await agent.run(prompt)).output
 
-    report = await run_async(call, prompts, limit=limit, order=order, on_result=on_result, cancel=cancel)
-    report.strategy = "agent-asyncio"
-    report.label = "agent-asyncio" + (f" ({limit} in flight)" if limit else "")
+    label = "agent-asyncio" + (f" ({limit} in flight)" if limit else "")
+    with _relabelled("agent-asyncio", label):
+        report = await run_async(call, prompts, limit=limit, order=order, on_result=on_result, cancel=cancel)
+    report.strategy, report.label = "agent-asyncio", label
     return report
 
 
@@ -976,9 +990,10 @@ def run(
         # Entered, so that leaving it closes its HTTP client before this run's event loop ends.
         if base == "agent-max-concurrency":
             async with Agent(target.chat_model(), max_concurrency=_marking_limiter(workers)) as agent:
-                report = await run_agent_async(
-                    agent, items, limit=None, order=order, on_result=on_result, cancel=cancel
-                )
+                with _relabelled("agent-max-concurrency", f"agent-max-concurrency ({workers})", workers):
+                    report = await run_agent_async(
+                        agent, items, limit=None, order=order, on_result=on_result, cancel=cancel
+                    )
             report.strategy, report.workers = "agent-max-concurrency", workers
             report.label = f"agent-max-concurrency ({workers})"
             return report
