@@ -294,7 +294,8 @@ def test_a_simulator_started_in_the_kernel_survives_an_interrupt() -> None:
 
 
 class Interrupt:
-    """Sends this process SIGINT (as Ctrl+C does) ``after`` seconds, from a timer thread; notes when."""
+    """Sends this process SIGINT (as Ctrl+C does) ``after`` seconds, from a timer thread; notes when.
+    Use it as ``with Interrupt(s) as interrupt, pytest.raises(KeyboardInterrupt):`` so that it is never sent late."""
 
     def __init__(self, after: float) -> None:
         self.sent = 0.0
@@ -305,8 +306,16 @@ class Interrupt:
         self.sent = time.monotonic()
         os.kill(os.getpid(), signal.SIGINT)
 
+    def __enter__(self) -> Interrupt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A run that ended before the signal was sent must not leave it to land somewhere else in pytest.
+        self.timer.cancel()
+
     def seconds_since(self) -> float:
         self.timer.join()
+        assert self.sent, "the run ended before it could be interrupted"
         return time.monotonic() - self.sent
 
 
@@ -318,8 +327,7 @@ def test_ctrl_c_during_run_threads(slow_sim: simulator.Simulator) -> None:
     got: list[CallRecord] = []
     slow_sim.reset()
     with httpx.Client(base_url=slow_sim.api_url, timeout=10) as client:
-        interrupt = Interrupt(INTERRUPT_AFTER)
-        with pytest.raises(KeyboardInterrupt) as caught:
+        with Interrupt(INTERRUPT_AFTER) as interrupt, pytest.raises(KeyboardInterrupt) as caught:
             run_threads(lambda p: ask(client, "sim-1", p), PROMPTS, workers=WORKERS, on_result=got.append)
         seconds = interrupt.seconds_since()
     report = caught.value.report  # type: ignore[attr-defined]
@@ -342,8 +350,7 @@ def test_ctrl_c_during_run_async_in_a_new_loop_stops_its_calls(slow_sim: simulat
             )
 
     slow_sim.reset()
-    interrupt = Interrupt(INTERRUPT_AFTER)
-    with pytest.raises(KeyboardInterrupt) as caught:
+    with Interrupt(INTERRUPT_AFTER) as interrupt, pytest.raises(KeyboardInterrupt) as caught:
         run_in_new_loop(go())
     seconds = interrupt.seconds_since()
     sent = slow_sim.stats(records=False)["requests"]
@@ -360,8 +367,7 @@ def test_ctrl_c_during_run_async_in_a_new_loop_stops_its_calls(slow_sim: simulat
 def test_ctrl_c_during_run_sequential(slow_sim: simulator.Simulator) -> None:
     slow_sim.reset()
     with httpx.Client(base_url=slow_sim.api_url, timeout=10) as client:
-        interrupt = Interrupt(0.6)
-        with pytest.raises(KeyboardInterrupt) as caught:
+        with Interrupt(0.6) as interrupt, pytest.raises(KeyboardInterrupt) as caught:
             run_sequential(lambda p: ask(client, "sim-1", p), PROMPTS)
         seconds = interrupt.seconds_since()
     report = caught.value.report  # type: ignore[attr-defined]
@@ -378,8 +384,7 @@ def test_ctrl_c_during_run_sequential(slow_sim: simulator.Simulator) -> None:
 def test_ctrl_c_during_run_naive_threads(slow_sim: simulator.Simulator) -> None:
     slow_sim.reset()
     with httpx.Client(base_url=slow_sim.api_url, timeout=10, limits=httpx.Limits(max_connections=N)) as client:
-        interrupt = Interrupt(INTERRUPT_AFTER)
-        with pytest.raises(KeyboardInterrupt) as caught:
+        with Interrupt(INTERRUPT_AFTER) as interrupt, pytest.raises(KeyboardInterrupt) as caught:
             run_naive_threads(lambda p: ask(client, "sim-1", p), PROMPTS)
         seconds = interrupt.seconds_since()
         report = caught.value.report  # type: ignore[attr-defined]
