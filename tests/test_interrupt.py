@@ -11,9 +11,9 @@ flight. Then:
 - the quick answers are kept: the interrupt carries the run's report (``sys.last_value.report``), and
   ``on_result`` was given every call that finished.
 
-The simulator runs in this test process, not in the kernel: Jupyter sends SIGINT to the kernel's whole process
-group, so a simulator that ``connect()`` started inside the kernel would be stopped by the interrupt too (see
-``test_a_simulator_started_in_the_kernel_survives_an_interrupt``).
+The simulator of the timing tests runs in this test process. Jupyter sends SIGINT to the kernel's whole process
+group; a simulator that ``connect()`` starts inside the kernel runs in a session of its own and must survive
+that (``test_a_simulator_started_in_the_kernel_survives_an_interrupt``).
 """
 
 from __future__ import annotations
@@ -267,11 +267,6 @@ def test_print_figures() -> None:
     print("\n" + "\n".join(FIGURES))
 
 
-@pytest.mark.xfail(
-    reason="Jupyter interrupts the kernel's whole process group, and helpers.simulator.start() leaves the "
-    "simulator in it (needs start_new_session=True in its Popen)",
-    strict=False,
-)
 def test_a_simulator_started_in_the_kernel_survives_an_interrupt() -> None:
     env = dict(os.environ)
     for name in ("LLM_BASE_URL", "LLM_MODEL", "LLM_API_KEY"):

@@ -153,7 +153,12 @@ def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: 
     began = time.monotonic()
     # The child's stderr goes to a temporary file, read only to explain a failed start.
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+        # Its own session (process group): Jupyter's stop button sends SIGINT to the kernel's whole group, and the
+        # simulator must outlive an interrupted cell. It still exits with its parent (its stdin closes).
+        group: dict[str, Any] = {"start_new_session": True}
+        if sys.platform == "win32":
+            group = {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, **group)
         line: list[bytes] = []
         reader = threading.Thread(
             target=lambda: line.append(process.stdout.readline() if process.stdout else b""), daemon=True
