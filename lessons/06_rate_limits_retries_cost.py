@@ -91,7 +91,6 @@ if target.is_simulator:
     assert [r.headers["x-ratelimit-remaining-requests"] for r in responses] == ["2", "1", "0", "0"]
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
     assert 15_000 < int(rejected.headers["retry-after-ms"]) <= 20_000  # 3 a minute: one comes back every 20 s
-    target.simulator.configure(rpm=None)
 
 # %% [markdown]
 # | header | what it says |
@@ -123,7 +122,7 @@ sdk = target.openai_client()  # the SDK's defaults
 print("max_retries:", sdk.max_retries)
 if target.is_simulator:
     target.simulator.reset()
-    target.simulator.configure(script={1: "429"})  # the next request gets a 429 with retry-after: 1
+    target.simulator.configure(rpm=None, script={1: "429"})  # no more RPM limit; the next request gets a 429
 start = time.perf_counter()
 reply = sdk.chat.completions.create(model=target.model, messages=[{"role": "user", "content": "Reply: alpha"}])
 sdk_wall = time.perf_counter() - start
@@ -255,7 +254,8 @@ if comeback:
 # %%
 if target.is_simulator:
     assert all(r.ok and r.attempts == 2 for report in herd.values() for r in report.records)
-    assert comeback[False] < 0.06 and comeback[True] > 2 * comeback[False] and comeback[True] > 0.08
+    assert comeback[False] < 0.08  # together, as they failed
+    assert comeback[True] > 0.14 and comeback[True] > 2 * comeback[False]  # the seeded draws span 0.2 s
 
 # %% [markdown]
 # The hatched part of each bar is waiting. With a fixed wait the eight retries hit the server as one burst
@@ -503,9 +503,9 @@ throttled = {}
 if target.is_simulator:
     throttle = Throttle(rpm=0.9 * TPM / 30)  # 2,160 calls a minute, evenly spaced
 
-    def throttled_call(prompt: str) -> str:
-        throttle.acquire()  # wait for this call's turn
-        return short_call(prompt)
+    def throttled_call(prompt: str) -> Answer:
+        waited = throttle.acquire()  # wait for this call's turn
+        return Answer(short_call(prompt), waited=waited)  # the wait shows on the timeline
 
     start_with_an_empty_bucket()
     throttled["threads"] = run_threads(throttled_call, sixteen, workers=16)
@@ -527,12 +527,20 @@ if target.is_simulator:
 else:  # a real provider: three calls, 120 a minute at most, so half a second apart
     throttle = Throttle(rpm=120)
 
-    def throttled_call(prompt: str) -> str:
-        throttle.acquire()
-        return call(prompt)
+    def throttled_call(prompt: str) -> Answer:
+        waited = throttle.acquire()
+        return Answer(call(prompt), waited=waited)
 
     throttled["threads"] = run_threads(throttled_call, ["Reply: one", "Reply: two", "Reply: three"], workers=3)
     print(f"three calls on three workers; the throttle held them back {throttle.waited:.1f} s in all (0 + 0.5 + 1)")
+
+# %%
+if target.is_simulator:
+    sweep[16][0].label = "16 workers, retrying after 429s"
+    throttled["threads"].label = "16 workers, throttle at 90 % of the limit"
+    title = "Sixteen calls under a limit of 40 calls/s: waiting after 429s, or waiting for a turn"
+    figure = draw(sweep[16][0], throttled["threads"], title=title)
+figure if target.is_simulator else draw(throttled["threads"], title="A throttle at 120 calls a minute")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -554,9 +562,10 @@ else:
     assert throttle.waited > 1.2 and not throttled["threads"].failures  # 0, 0.5 and 1 s: half a second apart
 
 # %% [markdown]
-# No 429s, and as many calls per second as the retries managed or more: the throttle spends the waiting on the
-# client, where it costs nothing, instead of on refused requests. Keep both tools, they answer different
-# questions:
+# No 429s, and about as many calls per second as the retries managed, without a single refused request. In the
+# first run the calls go out, are refused, wait and try again (each orange mark is another request); in the
+# second each call waits once for its turn, on the client, where it costs nothing, and the turns make a
+# staircase at the limit's pace. Keep both tools, they answer different questions:
 #
 # | | concurrency cap (`max_workers`, `Semaphore`) | throttle (`Throttle(rpm=..., tpm=...)`) |
 # |---|---|---|
