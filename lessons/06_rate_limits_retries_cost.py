@@ -639,7 +639,7 @@ if target.is_simulator:  # the simulator answers the same every time; a real mod
 # and 50,000 tokens. It does two things:
 #
 # - **before a run**, `guard.check_run(n_calls, est_tokens_per_call, workers)` refuses a run that would not fit,
-#   with its estimate, before the first call is sent. The runners in `helpers` ask it on their own.
+#   with its estimate, before the first call is sent. `helpers.run(strategy, prompts, target=...)` asks it first.
 # - **on every request**, a call over the budget is refused with `QuotaExceeded` before it is sent; the tokens of
 #   each answer's `usage` are counted.
 #
