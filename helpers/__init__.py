@@ -7,6 +7,8 @@ on first use, so that ``python -m helpers.simulator`` starts quickly.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,6 +97,21 @@ __all__ = [
     "summary_table",
     "with_retries",
 ]
+
+
+class _Package(types.ModuleType):
+    """``helpers.retry`` is a function and also the name of the module that defines it. Importing that module
+    (``from helpers.retry import backoff``, or another helper doing so) makes Python set the package attribute
+    ``retry`` to the module, after which ``from helpers import retry`` would hand out the module. Keep public
+    names for what ``__all__`` promises; ``from helpers.retry import ...`` still finds the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _WHERE:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
