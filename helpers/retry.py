@@ -33,7 +33,12 @@ __all__ = ["backoff", "is_retryable", "retry", "retry_after", "retry_async", "wi
 
 # Timeouts, refused or reset connections, and a server that closed the connection half-way through.
 # Not every transport error: an unsupported URL scheme or a malformed request fails the same way every time.
-_TRANSIENT: tuple[type[BaseException], ...] = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    TimeoutError,  # a deadline passed: asyncio.timeout(), asyncio.wait_for(), future.result(timeout=...)
+)
 try:  # the same errors from httpx2, which the openai SDK and pydantic-ai use underneath
     import httpx2
 

@@ -323,3 +323,21 @@ def test_with_retries_shares_one_seeded_rng_between_calls() -> None:
         with pytest.raises(APIError):
             call("x")
     assert len(sleeps.waits) == 2 and sleeps.waits[0] != sleeps.waits[1]  # not the same draw for every call
+
+
+def test_an_asyncio_deadline_is_worth_another_try(sim: simulator.Simulator) -> None:
+    """``asyncio.timeout`` raises the builtin TimeoutError: a hung call cut off by a deadline can succeed next
+    time, like httpx's own ReadTimeout."""
+
+    sim.configure(fault_on={"stuck": "hang"}, hang_seconds=2.0)
+    try:
+
+        async def cut_off() -> None:
+            async with httpx.AsyncClient(base_url=sim.api_url) as client, asyncio.timeout(0.3):
+                await ask_async(client, "sim-1", "Reply: stuck")
+
+        with pytest.raises(TimeoutError) as caught:
+            asyncio.run(cut_off())
+        assert is_retryable(caught.value)
+    finally:
+        sim.configure(fault_on={}, hang_seconds=600.0)
