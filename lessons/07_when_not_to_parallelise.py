@@ -306,7 +306,7 @@ assert cpu_threads.wall > 0.8 * cpu_sequential.wall  # threads: no gain on compu
 assert cpu_threads.cpu < 1.2 * cpu_threads.wall  # ... because only one of them computes at a time (the GIL)
 assert cpu_processes.cpu < 0.3 * cpu_processes.wall  # with processes, this process only waits
 if workers >= 2:
-    assert cpu_processes.wall < 0.8 * cpu_sequential.wall  # processes: faster, up to 2× on two cores
+    assert cpu_processes.wall < 0.85 * cpu_sequential.wall  # processes: faster, up to 2× on two idle cores
 
 # %% [markdown]
 # On two cores the best possible is 2×; sending the texts to the processes and the counts back costs a little,
