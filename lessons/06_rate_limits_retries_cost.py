@@ -397,38 +397,32 @@ if target.is_simulator:
 # ## 6.6 More workers under a rate limit
 #
 # Lesson 02 showed more workers finishing sooner. Under a rate limit that holds only up to the limit. To see it
-# in seconds, the simulator now allows **72,000 tokens a minute**, and every call asks for `max_tokens=20` with a
-# prompt of 10 tokens: 30 tokens a call, so **40 calls a second**. A call takes 0.05 s, so one worker makes at
-# most 20 calls a second, two workers 40, four workers 80 if they were let.
+# in seconds, the simulator now allows **2,400 requests a minute**: **40 calls a second**. A call takes 0.05 s,
+# so one worker makes at most 20 calls a second, two workers 40, four workers 80 if they were let.
 #
-# One detail first. The bucket holds a minute's worth, so a fresh one lets a burst of 2,400 of these calls
+# One detail first. A provider's bucket holds a minute's worth, so a fresh one lets a burst of 2,400 calls
 # through before any limit shows. A long batch spends that in its first minute and from then on lives on the
-# refill rate. To measure that steady state without sending 2,400 calls, each run starts with one call that
-# reserves almost the whole bucket (a large `max_tokens`).
+# refill rate. To see that steady state at once, the simulator's bucket is told to hold only a twentieth of a
+# second's worth (`burst=0.05`: 2 calls); it refills at the same 40 calls a second.
 #
 # **Predict:** 16 calls, with retries (honouring `retry-after`), on 1, 2, 4, 8 and 16 workers. How many calls a
 # second will 16 workers make?
 
 # %%
-TPM = 72_000
-LIMIT = TPM / 60 / 30  # calls per second: tokens per second / tokens per call
+RPM = 2_400
+LIMIT = RPM / 60  # calls per second
 
 
 def short_call(prompt: str) -> str:
     return ask(client, target.model, prompt, max_tokens=20)
 
 
-def start_with_an_empty_bucket(tpm: int = TPM) -> None:
-    target.simulator.reset()  # a full bucket ...
-    ask(client, target.model, "Reply: ok", max_tokens=tpm - 45)  # ... and one call that reserves nearly all of it
-
-
 sixteen = [f"Reply: {i}" for i in range(16)]
 sweep = {}
 if target.is_simulator:
-    target.simulator.configure(tpm=TPM)
+    target.simulator.configure(rpm=RPM, burst=0.05)
     for workers in (1, 2, 4, 8, 16):
-        start_with_an_empty_bucket()
+        target.simulator.reset()  # a fresh bucket (of 2 calls) and fresh counts
         patient = with_retries(short_call, attempts=20, base=0.02, cap=0.25, rng=workers)
         report = run_threads(patient, sixteen, workers=workers)
         refused = target.simulator.stats(records=False)["by_status"].get("429", 0)
@@ -491,8 +485,7 @@ if sweep:
 # with 0.05 s calls start 80 calls a second. Against a rate limit you want a throttle: something that lets
 # each call start only when the limit has room for it. `helpers.Throttle` is a token bucket on the client side,
 # shared by every thread and task: `throttle.acquire()` in a thread, `await throttle.acquire_async()` in a
-# coroutine (it never blocks the event loop). Set it a little under the server's limit, and turn the token
-# limit into calls first: 72,000 tokens a minute at 30 tokens a call is 2,400 calls a minute.
+# coroutine (it never blocks the event loop). Set it a little under the server's limit.
 #
 # **Predict:** 16 workers again, no retries this time, with a throttle at 90 % of the limit. How many 429s?
 
@@ -501,18 +494,18 @@ from helpers import Throttle, run_async
 
 throttled = {}
 if target.is_simulator:
-    throttle = Throttle(rpm=0.9 * TPM / 30)  # 2,160 calls a minute, evenly spaced
+    throttle = Throttle(rpm=0.9 * RPM)  # 2,160 calls a minute, evenly spaced
 
     def throttled_call(prompt: str) -> Answer:
         waited = throttle.acquire()  # wait for this call's turn
         return Answer(short_call(prompt), waited=waited)  # the wait shows on the timeline
 
-    start_with_an_empty_bucket()
+    target.simulator.reset()
     throttled["threads"] = run_threads(throttled_call, sixteen, workers=16)
     throttled["threads 429s"] = target.simulator.stats(records=False)["by_status"].get("429", 0)
 
     aclient = target.async_client()
-    athrottle = Throttle(rpm=0.9 * TPM / 30)
+    athrottle = Throttle(rpm=0.9 * RPM)
 
     async def throttled_acall(prompt: str) -> str:
         await athrottle.acquire_async()  # waits with asyncio.sleep: the other tasks keep running
@@ -520,7 +513,7 @@ if target.is_simulator:
         response.raise_for_status()
         return response.json()["choices"][0]["message"]["content"]
 
-    start_with_an_empty_bucket()
+    target.simulator.reset()
     throttled["asyncio"] = await run_async(throttled_acall, sixteen, limit=16)
     throttled["asyncio 429s"] = target.simulator.stats(records=False)["by_status"].get("429", 0)
     print("429s with a throttle: threads", throttled["threads 429s"], "· asyncio", throttled["asyncio 429s"])
@@ -591,7 +584,7 @@ from helpers import run_sequential
 from helpers.quota import estimate_cost
 
 if target.is_simulator:
-    target.simulator.configure(tpm=None, latency=0.08)
+    target.simulator.configure(rpm=None, burst=60, latency=0.08)
 questions = ["What is the capital of Japan?", "What is 2+2?", "Reply: a short summary of the plan"]
 questions += ["Reply: yes", "Reply: the second-to-last answer", "Reply: done"] if target.is_simulator else []
 
@@ -777,8 +770,8 @@ throttle = None  # your throttle
 
 # %%
 if target.is_simulator and throttle is not None:
-    target.simulator.configure(tpm=48_000)
-    start_with_an_empty_bucket(48_000)
+    target.simulator.configure(tpm=48_000, burst=0.25)  # a quarter of a second's worth: 200 tokens
+    target.simulator.reset()
 
     def exercise_call(prompt: str) -> str:
         throttle.acquire()
@@ -786,7 +779,7 @@ if target.is_simulator and throttle is not None:
 
     exercise = run_threads(exercise_call, sixteen, workers=16)
     exercise_refused = target.simulator.stats(records=False)["by_status"].get("429", 0)
-    target.simulator.configure(tpm=None)
+    target.simulator.configure(tpm=None, burst=60)
     right = exercise_refused == 0 and exercise.n / exercise.wall >= 0.75 * 48_000 / 60 / 30
 else:
     right = throttle is not None and throttle.rpm <= 48_000 / 30

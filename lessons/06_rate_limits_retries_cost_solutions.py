@@ -38,11 +38,6 @@ def short_call(prompt: str) -> str:
     return ask(client, target.model, prompt, max_tokens=20)  # 10 tokens of prompt + 20 for the answer
 
 
-def start_with_an_empty_bucket(tpm: int) -> None:
-    target.simulator.reset()
-    ask(client, target.model, "Reply: ok", max_tokens=tpm - 45)
-
-
 # %% [markdown]
 # **Exercise 6.1.** The loop of 6.3 with the exercise's numbers. `raise` inside the `except` re-raises the error
 # as it was, traceback included; the error's own `retryable` says whether another try can help.
@@ -109,8 +104,8 @@ throttle = Throttle(rpm=0.9 * 48_000 / 30)
 
 # %%
 if target.is_simulator and throttle is not None:
-    target.simulator.configure(tpm=48_000)
-    start_with_an_empty_bucket(48_000)
+    target.simulator.configure(tpm=48_000, burst=0.25)  # a quarter of a second's worth: 200 tokens
+    target.simulator.reset()
 
     def exercise_call(prompt: str) -> str:
         throttle.acquire()
@@ -118,7 +113,7 @@ if target.is_simulator and throttle is not None:
 
     exercise = run_threads(exercise_call, sixteen, workers=16)
     exercise_refused = target.simulator.stats(records=False)["by_status"].get("429", 0)
-    target.simulator.configure(tpm=None)
+    target.simulator.configure(tpm=None, burst=60)
     right = exercise_refused == 0 and exercise.n / exercise.wall >= 0.75 * 48_000 / 60 / 30
 else:
     right = throttle is not None and throttle.rpm <= 48_000 / 30

@@ -252,6 +252,22 @@ def test_rpm_limit_gives_openai_429(sim: simulator.Simulator) -> None:
     assert stats["by_status"] == {"200": 3, "429": 1}
 
 
+def test_a_short_burst_shows_the_steady_rate_at_once(sim: simulator.Simulator) -> None:
+    """``burst=0.5`` at 600 rpm: the bucket holds 5 requests, not a minute's 600, and refills 10 a second;
+    the headers still report the per-minute limit."""
+    sim.configure(rpm=600, burst=0.5, latency=0)
+    body = {"model": "sim-1", "messages": user("Reply: hi")}
+    with httpx.Client(base_url=sim.api_url, timeout=10) as raw:
+        statuses = [raw.post("/chat/completions", json=body).status_code for _ in range(8)]
+        limited = raw.post("/chat/completions", json=body)
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    assert limited.headers["x-ratelimit-limit-requests"] == "600"
+    assert "Limit 600," in limited.json()["error"]["message"]
+    assert 0 < int(limited.headers["retry-after-ms"]) <= 150  # a tenth of a second per request, not 20 s
+    with pytest.raises(simulator.ConfigError, match="burst"):
+        sim.configure(burst=0)
+
+
 def test_rpm_limit_through_the_sdk(client: openai.OpenAI, sim: simulator.Simulator) -> None:
     sim.configure(rpm=2)
     chat(client)

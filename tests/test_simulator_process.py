@@ -41,6 +41,7 @@ FLAGS = [
     "--api-key",
     "--access-log",
     "--pose-as-provider",
+    "--burst",
 ]
 
 

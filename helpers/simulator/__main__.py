@@ -87,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rpm", type=int, default=None, help="requests per minute before HTTP 429 (default: no limit)")
     p.add_argument("--tpm", type=int, default=None, help="tokens per minute before HTTP 429 (default: no limit)")
+    p.add_argument(
+        "--burst",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how many seconds' worth of --rpm/--tpm a full bucket holds (default 60, a minute, like OpenAI; "
+        "smaller: the steady rate shows at once)",
+    )
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests that fail, 0-1 (default 0)")
     p.add_argument("--fail-kinds", default="500", help="comma-separated fault kinds for --fail-rate (default 500)")
     p.add_argument(
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 capacity=args.capacity,
                 rpm=args.rpm,
                 tpm=args.tpm,
+                burst=args.burst,
                 fail_rate=args.fail_rate,
                 fail_kinds=args.fail_kinds,
                 script=args.script,

@@ -72,12 +72,15 @@ class _QuietDrops(logging.Filter):
 
 
 class Bucket:
-    """A token bucket holding a minute's worth of a limit, refilled continuously (as OpenAI documents)."""
+    """A token bucket refilled continuously (as OpenAI documents). A full bucket holds ``burst`` seconds' worth:
+    a minute's, like OpenAI's, unless a lesson wants the steady rate to show at once. It never holds less than
+    one request (or one call's tokens, ``floor``)."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.limit = per_minute
-        self.level = float(per_minute)
+    def __init__(self, per_minute: int, burst: float = 60.0, floor: float = 1.0) -> None:
+        self.limit = max(floor, per_minute * burst / 60.0)
+        self.level = float(self.limit)
         self.rate = per_minute / 60.0
+        self.per_minute = per_minute
         self.stamp = time.monotonic()
 
     def _refill(self) -> None:
@@ -90,8 +93,9 @@ class Bucket:
         self._refill()
         if amount <= self.level:
             return 0.0
-        if amount > self.limit:
+        if amount > self.per_minute:
             return math.inf
+        amount = min(amount, self.limit)  # a short burst: a large call goes when the bucket is full, then owes
         return (amount - self.level) / self.rate
 
     def take(self, amount: float) -> None:
@@ -101,7 +105,7 @@ class Bucket:
     def headers(self, kind: str) -> dict[str, str]:
         self._refill()
         return {
-            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-limit-{kind}": str(self.per_minute),
             f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
             f"x-ratelimit-reset-{kind}": _duration((self.limit - self.level) / self.rate),
         }
@@ -136,12 +140,17 @@ class State:
     def apply_limits(self) -> None:
         cfg = self.config
         self.capacity = asyncio.Semaphore(cfg.capacity) if cfg.capacity else None
-        self.rpm = Bucket(cfg.rpm) if cfg.rpm else None
-        self.tpm = Bucket(cfg.tpm) if cfg.tpm else None
+        self.rpm = Bucket(cfg.rpm, cfg.burst) if cfg.rpm else None
+        self.tpm = Bucket(cfg.tpm, cfg.burst) if cfg.tpm else None
 
     def update(self, changes: dict[str, Any]) -> None:
         new = self.config.updated(changes)
-        limits_changed = (new.capacity, new.rpm, new.tpm) != (self.config.capacity, self.config.rpm, self.config.tpm)
+        limits_changed = (new.capacity, new.rpm, new.tpm, new.burst) != (
+            self.config.capacity,
+            self.config.rpm,
+            self.config.tpm,
+            self.config.burst,
+        )
         self.config = new
         if limits_changed:
             self.apply_limits()
@@ -359,11 +368,11 @@ def _rate_limited(state: State, record: dict[str, Any], ask: Ask, kind: str, wai
     assert bucket is not None
     requested = 1 if kind == "requests" else ask.prompt_tokens + (ask.max_tokens or 0)
     label = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
-    used = bucket.limit - max(0, math.floor(bucket.level))
+    used = round(bucket.limit - max(0.0, bucket.level))
     again = "never: the request is larger than the whole limit" if wait == math.inf else f"{wait:.3g}s"
     message = (
         f"Rate limit reached for {ask.model} in organization org-simulator on {label}: Limit "
-        f"{bucket.limit}, Used {used}, Requested {requested}. Please try again in {again}. Visit "
+        f"{bucket.per_minute}, Used {used}, Requested {requested}. Please try again in {again}. Visit "
         "https://platform.openai.com/account/rate-limits to learn more."
     )
     wait = 60.0 if wait == math.inf else wait

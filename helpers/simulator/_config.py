@@ -59,6 +59,7 @@ class SimulatorConfig:
     capacity: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    burst: float = 60.0  # seconds' worth of rpm/tpm a full bucket holds; OpenAI's buckets hold a minute
     fail_rate: float = 0.0
     fail_kinds: tuple[str, ...] = ("500",)
     script: dict[int, str] = field(default_factory=dict)
@@ -86,6 +87,9 @@ class SimulatorConfig:
             self.rpm = _number("rpm (requests per minute)", self.rpm, minimum=1, integer=True)
         if self.tpm is not None:
             self.tpm = _number("tpm (tokens per minute)", self.tpm, minimum=1, integer=True)
+        self.burst = _number(
+            "burst (seconds' worth of rpm/tpm a full bucket holds)", self.burst, minimum=0.01, maximum=60
+        )
         self.fail_rate = _number("fail_rate", self.fail_rate, minimum=0, maximum=1)
         if isinstance(self.fail_kinds, str):
             self.fail_kinds = tuple(k.strip() for k in self.fail_kinds.split(",") if k.strip())
