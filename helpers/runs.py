@@ -774,10 +774,17 @@ async def run_naive_async(
             response = await client.post("/chat/completions", json=chat_request(model, prompt, max_tokens=max_tokens))
             return answer_from(response)
 
-    with _relabelled("naive-asyncio", "naive-asyncio (client per call)"):
+    name = ("naive-asyncio", "naive-asyncio (client per call)")
+    with _relabelled(*name):
         report = await run_async(call, prompts, limit=None, order="input")
-    report.strategy = "naive-asyncio"
-    report.label = "naive-asyncio (client per call)"
+    return _named(report, *name)
+
+
+def _named(report: RunReport, strategy: str, label: str, workers: int | None = None) -> RunReport:
+    """Name a report built by an inner runner after the strategy that ran it."""
+    report.strategy, report.label = strategy, label
+    if workers is not None:
+        report.workers = workers
     return report
 
 
@@ -789,9 +796,7 @@ def _relabelled(strategy: str, label: str, workers: int | None = None) -> Iterat
     except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         partial = getattr(exc, "report", None)
         if isinstance(partial, RunReport):
-            partial.strategy, partial.label = strategy, label
-            if workers is not None:
-                partial.workers = workers
+            _named(partial, strategy, label, workers)
         raise
 
 
@@ -830,9 +835,10 @@ def run_agent_threads(
             local.agent = agent
         return agent.run_sync(prompt).output
 
+    name = ("agent-threads", f"agent-threads ({workers} workers)")
     interrupted = False
     try:
-        with _relabelled("agent-threads", f"agent-threads ({workers} workers)"):
+        with _relabelled(*name):
             report = run_threads(call, prompts, workers=workers, order=order, on_result=on_result, cancel=cancel)
     except KeyboardInterrupt:
         interrupted = True
@@ -844,9 +850,7 @@ def run_agent_threads(
         closer.start()
         if not interrupted:
             closer.join()
-    report.strategy = "agent-threads"
-    report.label = f"agent-threads ({workers} workers)"
-    return report
+    return _named(report, *name)
 
 
 def _close_loops(loops: list[asyncio.AbstractEventLoop], entered: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
@@ -877,11 +881,10 @@ async def run_agent_async(
     async def call(prompt: str) -> Any:
         return (await agent.run(prompt)).output
 
-    label = "agent-asyncio" + (f" ({limit} in flight)" if limit else "")
-    with _relabelled("agent-asyncio", label):
+    name = ("agent-asyncio", "agent-asyncio" + (f" ({limit} in flight)" if limit else ""))
+    with _relabelled(*name):
         report = await run_async(call, prompts, limit=limit, order=order, on_result=on_result, cancel=cancel)
-    report.strategy, report.label = "agent-asyncio", label
-    return report
+    return _named(report, *name)
 
 
 def _marking_limiter(max_running: int) -> Any:
@@ -990,13 +993,12 @@ def run(
         # Entered, so that leaving it closes its HTTP client before this run's event loop ends.
         if base == "agent-max-concurrency":
             async with Agent(target.chat_model(), max_concurrency=_marking_limiter(workers)) as agent:
-                with _relabelled("agent-max-concurrency", f"agent-max-concurrency ({workers})", workers):
+                name = ("agent-max-concurrency", f"agent-max-concurrency ({workers})", workers)
+                with _relabelled(*name):
                     report = await run_agent_async(
                         agent, items, limit=None, order=order, on_result=on_result, cancel=cancel
                     )
-            report.strategy, report.workers = "agent-max-concurrency", workers
-            report.label = f"agent-max-concurrency ({workers})"
-            return report
+            return _named(report, *name)
         async with Agent(target.chat_model()) as agent:
             return await run_agent_async(agent, items, limit=workers, order=order, on_result=on_result, cancel=cancel)
 

@@ -73,11 +73,10 @@ class _QuietDrops(logging.Filter):
 
 class Bucket:
     """A token bucket refilled continuously (as OpenAI documents). A full bucket holds ``burst`` seconds' worth:
-    a minute's, like OpenAI's, unless a lesson wants the steady rate to show at once. It never holds less than
-    one request (or one call's tokens, ``floor``)."""
+    a minute's, like OpenAI's, unless a lesson wants the steady rate to show at once. It never holds less than 1."""
 
-    def __init__(self, per_minute: int, burst: float = 60.0, floor: float = 1.0) -> None:
-        self.limit = max(floor, per_minute * burst / 60.0)
+    def __init__(self, per_minute: int, burst: float = 60.0) -> None:
+        self.limit = max(1.0, per_minute * burst / 60.0)
         self.level = float(self.limit)
         self.rate = per_minute / 60.0
         self.per_minute = per_minute
