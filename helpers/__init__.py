@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .retry import is_retryable, retry, retry_async, with_retries
     from .runs import (
         STRATEGIES,
+        AgentThreadPool,
         Answer,
         CallRecord,
         RunReport,
@@ -53,6 +54,7 @@ _MODULES = {
         "run_naive_async",
         "run_agent_threads",
         "run_agent_async",
+        "AgentThreadPool",
     ],
     "timeline": ["draw", "draw_server", "summary_table"],
     "retry": ["retry", "retry_async", "with_retries", "is_retryable"],
@@ -64,6 +66,7 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = [
     "STRATEGIES",
     "APIError",
+    "AgentThreadPool",
     "Answer",
     "BatchReport",
     "CallRecord",

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "STRATEGIES",
+    "AgentThreadPool",
     "Answer",
     "CallRecord",
     "RunReport",
@@ -403,6 +404,7 @@ def run_threads(
     on_result: OnResult | None = None,
     cancel: threading.Event | None = None,
     abandon_after: float | None = None,
+    executor: ThreadPoolExecutor | None = None,
 ) -> RunReport:
     """Run ``call(prompt)`` on a ``ThreadPoolExecutor`` with ``workers`` threads (lesson 02).
 
@@ -415,7 +417,15 @@ def run_threads(
     recorded as cancelled, and their threads end on their own when their answers arrive (the lab uses this).
     Interrupted (Ctrl+C, Jupyter's stop button), it does the same with ``INTERRUPT_GRACE`` (0.5 s) unless
     ``abandon_after`` says otherwise, then raises the ``KeyboardInterrupt`` with the run so far as ``.report``.
+
+    ``executor``, if given, is a pool of your own to run on instead of a new one: its threads (and whatever
+    they keep, such as a ``threading.local`` agent) live on for the next run, and it is left open. ``workers``
+    is then its ``max_workers``.
     """
+    if executor is not None:
+        if not isinstance(executor, ThreadPoolExecutor):
+            raise ValueError(f"executor must be a concurrent.futures.ThreadPoolExecutor (got {executor!r:.60})")
+        workers = executor._max_workers
     workers, order = _check_workers(workers), _check_order(order)
     _check_call(call, "run_threads")
     abandon_after = _check_abandon_after(abandon_after)
@@ -431,15 +441,17 @@ def run_threads(
             return None  # not delivered, like the calls the pool drops
         return _timed(call, record, clock)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread")
-    futures = [pool.submit(task, r) for r in records]
-    stream = futures if order == "input" else as_completed(futures)
+    pool = executor if executor is not None else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread")
+    futures: list[Future[CallRecord | None]] = []
     deadline: list[float] = []  # set when the run is cancelled and abandon_after is given
     abandoned = False
     interrupted: BaseException | None = None
     try:
+        for r in records:
+            futures.append(pool.submit(task, r))
+        stream = futures if order == "input" else as_completed(futures)
         for future in stream:
-            if not _wait_or_cancel(future, cancel, pool, abandon_after, deadline):
+            if not _wait_or_cancel(future, cancel, futures, abandon_after, deadline):
                 abandoned = True
                 break
             done = None if future.cancelled() else future.result()
@@ -449,11 +461,17 @@ def run_threads(
         # Stopped from outside (Ctrl+C, Jupyter's stop button): no new call starts, the calls in flight get a
         # moment to finish, then the run gives up on them; their threads end on their own when answers arrive.
         interrupted, abandoned = exc, True  # a second interrupt while waiting below must not wait any longer
-        pool.shutdown(wait=False, cancel_futures=True)
+        _drop_queued(futures)
         wait(futures, timeout=INTERRUPT_GRACE if abandon_after is None else abandon_after)
         abandoned = not all(f.done() for f in futures)
     finally:
-        pool.shutdown(wait=not abandoned, cancel_futures=True)
+        _drop_queued(futures)
+        while len(futures) < len(records):  # interrupted while submitting: the rest never started
+            never: Future[CallRecord | None] = Future()
+            never.cancel()
+            futures.append(never)
+        if executor is None:  # a pool of our own; a borrowed one is the caller's to close
+            pool.shutdown(wait=not abandoned, cancel_futures=True)
     if interrupted is not None:  # every call that finished reaches on_result, even those after a slow one
         for future in futures:
             done = None if not future.done() or future.cancelled() else future.result()
@@ -478,10 +496,16 @@ def run_threads(
     return report
 
 
+def _drop_queued(futures: Sequence[Future[Any]]) -> None:
+    """Cancel this run's calls that have not started (a call already running cannot be cancelled)."""
+    for future in futures:
+        future.cancel()
+
+
 def _wait_or_cancel(
     future: Future[Any],
     cancel: threading.Event | None,
-    pool: ThreadPoolExecutor,
+    futures: Sequence[Future[Any]],
     abandon_after: float | None = None,
     deadline: list[float] | None = None,
 ) -> bool:
@@ -494,7 +518,7 @@ def _wait_or_cancel(
     while not future.done():
         done, _ = wait([future], timeout=0.05, return_when=FIRST_COMPLETED)
         if not done and cancel.is_set():
-            pool.shutdown(wait=False, cancel_futures=True)
+            _drop_queued(futures)
             if abandon_after is None or deadline is None:
                 future.exception()  # a call already running is let finish: its answer is kept
                 return True
@@ -823,17 +847,7 @@ def run_agent_threads(
     entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
 
     def call(prompt: str) -> Any:
-        agent = getattr(local, "agent", None)
-        if agent is None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
-            loops.append(loop)
-            agent = make_agent()
-            if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
-                loop.run_until_complete(agent.__aenter__())
-                entered.append((loop, agent))
-            local.agent = agent
-        return agent.run_sync(prompt).output
+        return _thread_agent(local, make_agent, loops, entered).run_sync(prompt).output
 
     name = ("agent-threads", f"agent-threads ({workers} workers)")
     interrupted = False
@@ -851,6 +865,115 @@ def run_agent_threads(
         if not interrupted:
             closer.join()
     return _named(report, *name)
+
+
+def _thread_agent(
+    local: threading.local,
+    make_agent: Callable[[], Any],
+    loops: list[asyncio.AbstractEventLoop],
+    entered: list[tuple[asyncio.AbstractEventLoop, Any]],
+) -> Any:
+    """This thread's agent, built on first use together with the event loop it runs on."""
+    agent = getattr(local, "agent", None)
+    if agent is None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
+        loops.append(loop)
+        agent = make_agent()
+        if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
+            loop.run_until_complete(agent.__aenter__())
+            entered.append((loop, agent))
+        local.agent = agent
+    return agent
+
+
+class AgentThreadPool:
+    """Worker threads that each keep their own agent, event loop and connections from one run to the next
+    (lesson 04; the benchmark's agent-threads).
+
+    ``run_agent_threads`` builds a pool, a loop and an agent per thread for one run and closes them after it.
+    A program that runs batch after batch keeps them instead, as it keeps one HTTP client: then only the first
+    batch pays for building the agents. ``warm()`` makes one call on every thread before the first run, so that
+    even that run starts warm (it costs ``workers`` calls). Close the pool, or use it in a ``with`` block, to
+    close the agents' HTTP clients and their loops.
+
+        with AgentThreadPool(lambda: Agent(target.chat_model()), workers=3) as pool:
+            first = pool.run(prompts)
+            second = pool.run(more_prompts)  # same threads, same agents, warm connections
+    """
+
+    def __init__(self, make_agent: Callable[[], Any], *, workers: int = 3) -> None:
+        self.workers = _check_workers(workers)
+        if not callable(make_agent):
+            raise TypeError(
+                f"make_agent must be a function that builds an agent, e.g. lambda: Agent(model) "
+                f"(got {make_agent!r:.60})"
+            )
+        self._make_agent = make_agent
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="thread")
+        self._local = threading.local()
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        self._entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
+        self._closed = False
+
+    def call(self, prompt: str) -> Any:
+        """One prompt on the calling worker thread's own agent (built on first use)."""
+        return _thread_agent(self._local, self._make_agent, self._loops, self._entered).run_sync(prompt).output
+
+    def warm(self, prompt: str = "Reply: warm", *, timeout: float = 60.0) -> None:
+        """One call on every worker thread at once, so that each has built its agent and opened a connection."""
+        self._check_open()
+        barrier = threading.Barrier(self.workers, timeout=timeout)
+
+        def one(_: int) -> None:
+            barrier.wait()  # holds this thread until every thread has a warm-up call of its own
+            self.call(prompt)
+
+        list(self._executor.map(one, range(self.workers)))
+
+    def run(
+        self,
+        prompts: Iterable[str],
+        *,
+        order: str = "input",
+        on_result: OnResult | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunReport:
+        """Like ``run_agent_threads``, on this pool's threads and agents."""
+        self._check_open()
+        name = ("agent-threads", f"agent-threads ({self.workers} workers)")
+        with _relabelled(*name):
+            report = run_threads(
+                self.call, prompts, order=order, on_result=on_result, cancel=cancel, executor=self._executor
+            )
+        return _named(report, *name)
+
+    def close(self) -> None:
+        """Wait for the calls in flight, then close the agents' HTTP clients and their loops."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        # In a thread of its own: the caller's thread may be running a loop (Jupyter's).
+        closer = threading.Thread(
+            target=_close_loops, args=(self._loops, self._entered), name="agent-cleanup", daemon=True
+        )
+        closer.start()
+        closer.join()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this AgentThreadPool is closed; build a new one")
+
+    def __enter__(self) -> AgentThreadPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._loops)} agents built"
+        return f"<AgentThreadPool {self.workers} workers, {state}>"
 
 
 def _close_loops(loops: list[asyncio.AbstractEventLoop], entered: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from helpers.calls import ask, ask_async
 from helpers.runs import (
     STRATEGIES,
+    AgentThreadPool,
     Answer,
     CallRecord,
     RunReport,
@@ -493,6 +495,76 @@ def test_agent_runners_directly(target: Target) -> None:
     assert report.strategy == "agent-asyncio"
     assert_answers(report, ORDERED)
     assert report.delivery_order == [2, 1, 0]
+
+
+# --- a pool kept from one run to the next --------------------------------------------------------------------
+
+
+def test_threads_on_a_pool_of_your_own(target: Target, call: Callable[[str], str]) -> None:
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="mine") as pool:
+        first = run_threads(call, ORDERED, executor=pool)
+        second = run_threads(failing_on(MID, call), ORDERED, executor=pool, order="completion", workers=99)
+        assert_answers(first, ORDERED)
+        assert first.workers == second.workers == 3  # the pool's own size
+        assert {r.worker for r in second.records} <= {r.worker for r in first.records}  # no new thread
+        assert all(r.worker.startswith("mine") for r in first.records)
+        assert [r.ok for r in second.records] == [True, False, True]
+        assert second.delivery_order == [1, 2, 0]  # the failed call first: it failed at once
+        assert pool.submit(lambda: "still open").result() == "still open"
+
+
+def test_cancel_on_a_pool_of_your_own_drops_only_this_runs_calls(slow_target: Target) -> None:
+    stop = threading.Event()
+    with slow_target.client() as client, ThreadPoolExecutor(max_workers=1) as pool:
+        report = run_threads(
+            lambda p: ask(client, slow_target.model, p),
+            ONE_WORD[:5],
+            executor=pool,
+            on_result=lambda record: stop.set(),
+            cancel=stop,
+        )
+        assert report.cancelled and report.records[0].ok
+        assert all("cancelled" in r.error for r in report.records[2:])
+        assert pool.submit(lambda: 7).result() == 7  # the pool itself goes on
+
+
+def test_executor_must_be_a_thread_pool(call: Callable[[str], str]) -> None:
+    with pytest.raises(ValueError, match="ThreadPoolExecutor"):
+        run_threads(call, ORDERED, executor="four threads")  # type: ignore[arg-type]
+
+
+def test_agent_thread_pool_keeps_its_agents_between_runs(target: Target) -> None:
+    from pydantic_ai import Agent
+
+    built: list[int] = []
+
+    def make_agent() -> Any:
+        built.append(threading.get_ident())
+        return Agent(target.chat_model())
+
+    with AgentThreadPool(make_agent, workers=3) as pool:
+        pool.warm()
+        assert len(built) == 3 and len(set(built)) == 3  # one agent on each thread
+        assert stats(target)["requests"] == 3
+        first = pool.run(ORDERED, order="completion")
+        second = pool.run(ONE_WORD[:4])
+        assert "3 agents built" in repr(pool)
+    assert len(built) == 3  # no new agent for the runs
+    assert first.strategy == second.strategy == "agent-threads"
+    assert first.label == "agent-threads (3 workers)"
+    assert_answers(first, ORDERED)
+    assert first.delivery_order == [2, 1, 0]
+    assert_answers(second, ONE_WORD[:4])
+    assert "closed" in repr(pool)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run(ORDERED)
+
+
+def test_agent_thread_pool_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        AgentThreadPool(lambda: None, workers=0)
+    with pytest.raises(TypeError, match="make_agent"):
+        AgentThreadPool("an agent", workers=2)  # type: ignore[arg-type]
 
 
 # --- the quota guard for real providers ------------------------------------------------------------------
