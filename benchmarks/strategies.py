@@ -7,8 +7,9 @@ Run by hand (not a test):
 The simulator answers every call in exactly 0.5 s (``profile="fixed"``, no capacity limit), so the shortest
 possible wall time of a run is known: ``ceil(N / workers) x 0.5 s`` for a strategy with ``workers`` calls in
 flight, 0.5 s for an unbounded one (every call at once), ``N x 0.5 s`` for sequential. Each cell (strategy,
-workers, N) is run ``--repeats`` times with clients built and warmed up before the clock starts; the table
-holds medians. See benchmarks/README.md for what each strategy is and how to read the table.
+workers, N) is run ``--repeats`` times with clients, thread pools and agents built and warmed up before the
+clock starts (one batch of min(N, workers) calls); the table holds medians. See benchmarks/README.md for what
+each strategy is and how to read the table.
 
 Writes ``strategies.md`` (the table, the checks against the targets, the errors seen), ``strategies.json``
 (every repeat) and ``strategies.png`` (efficiency against N, one panel per worker count) to ``--out``.
@@ -34,6 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -45,9 +47,9 @@ import httpx
 from helpers import simulator
 from helpers.calls import ask, ask_async
 from helpers.runs import (
+    AgentThreadPool,
     RunReport,
     run_agent_async,
-    run_agent_threads,
     run_async,
     run_in_new_loop,
     run_naive_async,
@@ -266,10 +268,33 @@ class Bench:
 
 # --- the strategies -----------------------------------------------------------------------------------------
 #
-# Each measure function builds its client (or agent) once, warms it up with one call, then runs the cell
-# ``repeats`` times with it: building a client once and reusing it is the recommended practice being measured.
+# Each measure function builds its client (or agent, or pool of threads) once and warms it up, then runs the cell
+# ``repeats`` times with it: building them once and reusing them is the recommended practice being measured.
+# Warm means what a program that has already sent a batch has: for the bounded strategies, one batch of
+# min(N, workers) calls at once before the clock starts, so that every connection, worker thread and agent the
+# run will use has been opened, started and built. The unbounded strategies and the naive ones get one warm-up
+# call (their own, and nothing, respectively): they are the versions to compare against.
 
 Measure = Callable[[Bench, int, int | None, int], list[Measurement]]
+
+
+def warm_prompts(n: int, workers: int) -> list[str]:
+    """The warm-up batch: as many calls at once as the run will have in flight."""
+    return [f"Reply: warm{i}" for i in range(min(n, workers))]
+
+
+def _warm_pool(workers: int, n: int, call: Callable[[str], Any]) -> ThreadPoolExecutor:
+    """A pool whose threads, as many as the run will use, have each made one call (so, one per connection)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thread")
+    used = min(n, workers)
+    barrier = threading.Barrier(used, timeout=60)
+
+    def one(prompt: str) -> Any:
+        barrier.wait()  # holds each thread until all have a warm-up call of their own
+        return call(prompt)
+
+    list(pool.map(one, warm_prompts(n, workers)))
+    return pool
 
 
 def _pause() -> None:
@@ -310,8 +335,11 @@ def m_threads(order: str) -> Measure:
         prompts = b.prompts(n)
         with b.target.client(connections=workers) as client:
             call = b.sync_call(client)
-            call("Reply: warm")
-            return _repeat_sync(b, repeats, lambda: run_threads(call, prompts, workers=workers, order=order), prompts)
+            pool = _warm_pool(workers, n, call)
+            try:
+                return _repeat_sync(b, repeats, lambda: run_threads(call, prompts, order=order, executor=pool), prompts)
+            finally:
+                pool.shutdown()
 
     return measure
 
@@ -324,7 +352,7 @@ def m_asyncio(order: str) -> Measure:
         async def go() -> list[Measurement]:
             async with b.target.async_client(connections=workers) as client:
                 acall = b.async_call(client)
-                await acall("Reply: warm")
+                await run_async(acall, warm_prompts(n, workers), limit=workers)
                 return await _repeat_async(
                     b, repeats, lambda: run_async(acall, prompts, limit=workers, order=order), prompts
                 )
@@ -356,8 +384,7 @@ def m_asyncio_sharded(b: Bench, n: int, workers: int | None, repeats: int) -> li
             async def acall(prompt: str) -> str:
                 return await calls[next(dealt) % shards](prompt)
 
-            for call in calls:
-                await call("Reply: warm")
+            await run_async(acall, warm_prompts(n, workers), limit=workers)
             return await _repeat_async(b, repeats, lambda: run_async(acall, prompts, limit=workers), prompts)
         finally:
             for client in clients:
@@ -379,7 +406,7 @@ def m_asyncio_httpx2(b: Bench, n: int, workers: int | None, repeats: int) -> lis
         timeout = httpx2.Timeout(DEFAULT_TIMEOUT.read, connect=DEFAULT_TIMEOUT.connect)
         async with httpx2.AsyncClient(base_url=b.target.base_url, timeout=timeout, limits=limits) as client:
             acall = b.async_call(client)  # type: ignore[arg-type]  # the same API as httpx.AsyncClient
-            await acall("Reply: warm")
+            await run_async(acall, warm_prompts(n, workers), limit=workers)
             return await _repeat_async(b, repeats, lambda: run_async(acall, prompts, limit=workers), prompts)
 
     return asyncio.run(go())
@@ -422,26 +449,16 @@ def m_naive_asyncio(b: Bench, n: int, workers: int | None, repeats: int) -> list
 
 
 def m_agent_threads(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
-    """One agent per pool thread. The agents are built before the clock starts, but cannot be warmed up:
-    an agent's HTTP client belongs to the event loop that first uses it, which must be its thread's own;
-    and a new pool has new threads, so each repeat gets new agents."""
+    """One agent per pool thread, kept from run to run (helpers.runs.AgentThreadPool): an agent's HTTP client
+    belongs to the event loop that first used it, its own thread's, so the threads are kept and warmed up with
+    them. The pool has as many threads as the run uses, min(N, workers): more would sit idle."""
     from pydantic_ai import Agent
 
     assert workers is not None
     prompts = b.prompts(n)
-    out = []
-    for _ in range(repeats):
-        _pause()
-        agents = [Agent(b.chat_model()) for _ in range(min(n, workers))]
-        lock = threading.Lock()
-
-        def make_agent(agents: list[Any] = agents, lock: threading.Lock = lock) -> Any:
-            with lock:
-                return agents.pop() if agents else Agent(b.chat_model())
-
-        meter = b.start_meter()
-        out.append(b.measurement(run_agent_threads(make_agent, prompts, workers=workers), meter, prompts))
-    return out
+    with AgentThreadPool(lambda: Agent(b.chat_model()), workers=min(n, workers)) as pool:
+        pool.warm()
+        return _repeat_sync(b, repeats, lambda: pool.run(prompts), prompts)
 
 
 def m_agent_asyncio(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
@@ -452,7 +469,7 @@ def m_agent_asyncio(b: Bench, n: int, workers: int | None, repeats: int) -> list
 
     async def go() -> list[Measurement]:
         async with Agent(b.chat_model()) as agent:
-            await agent.run("Reply: warm")
+            await run_agent_async(agent, warm_prompts(n, workers), limit=workers)
             return await _repeat_async(b, repeats, lambda: run_agent_async(agent, prompts, limit=workers), prompts)
 
     return asyncio.run(go())
@@ -466,7 +483,7 @@ def m_agent_max_concurrency(b: Bench, n: int, workers: int | None, repeats: int)
 
     async def go() -> list[Measurement]:
         async with Agent(b.chat_model(), max_concurrency=workers) as agent:
-            await agent.run("Reply: warm")
+            await run_agent_async(agent, warm_prompts(n, workers), limit=None)
             return await _repeat_async(b, repeats, lambda: run_agent_async(agent, prompts, limit=None), prompts)
 
     return asyncio.run(go())
@@ -863,6 +880,7 @@ COLUMNS = [
     "efficiency",
     "over ideal",
     "client CPU s",
+    "CPU/call ms",
     "server CPU s",
     "server peak",
     "errors",
@@ -882,7 +900,7 @@ def rows(cells: list[Cell]) -> list[list[str]]:
     for c in cells:
         w = "-" if c.workers is None else str(c.workers)
         if not c.measured:
-            out.append([str(c.n), c.strategy, w, "", f"{c.ideal:g}", "", "", "", "", "", "", f"skipped: {c.skipped}"])
+            out.append([str(c.n), c.strategy, w, "", f"{c.ideal:g}", *[""] * 7, f"skipped: {c.skipped}"])
             continue
         wall = f"> {c.wall:.2f}" if c.hung else f"{c.wall:.2f}"
         sim_cpu, share = c.median("sim_cpu"), c.median("sim_cpu") / c.wall if c.wall else math.nan
@@ -900,6 +918,7 @@ def rows(cells: list[Cell]) -> list[list[str]]:
                 f"{c.efficiency:.2f}",
                 _over(c.wall - c.ideal),
                 f"{c.median('cpu'):.2f}",
+                f"{c.median('cpu') / c.n * 1000:.1f}",
                 f"{sim_cpu:.2f} ({share:.0%})",
                 f"{peak:.0f}",
                 errors,
@@ -922,10 +941,13 @@ def text_table(cells: list[Cell]) -> str:
 
 
 def markdown_table(cells: list[Cell]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(12)) + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" if i > 2 else "---" for i in range(len(COLUMNS))) + "|",
+    ]
     for r in rows(cells):
         if r[-1].startswith("skipped"):
-            r = [*r[:5], "", "", "", "", "", "", r[-1]]
+            r = [*r[:5], *[""] * (len(COLUMNS) - 6), r[-1]]
         lines.append("| " + " | ".join(r) + " |")
     return "\n".join(lines)
 
@@ -952,6 +974,20 @@ def checks(cells: list[Cell]) -> list[tuple[str, str]]:
             not low,
             f"recommended strategies, N <= 300, workers 3 and {SENSIBLE_BOUND}: efficiency >= 0.95 in "
             f"{len(small) - len(low)} of {len(small)} cells" + (f"; below: {listed(low)}" if low else ""),
+        )
+    starved = [c for c in small if c.efficiency < 0.95 and c.workers is not None and c.n <= c.workers]
+    if starved:
+        # Every call starts at once, and the client's Python code runs on one core (the GIL): the calls' own CPU
+        # time is spent one after another, around the one latency they all wait out together.
+        add(
+            None,
+            "where those cells lose their time: all N calls start at once, and the client's CPU work for them runs "
+            "one call after another on one core; the client CPU of the run against its time over ideal: "
+            + ", ".join(
+                f"{c.strategy} w={c.workers} N={c.n}: {c.median('cpu') * 1000:.0f} ms CPU "
+                f"({c.median('cpu') / c.n * 1000:.1f} ms a call), {_over(c.wall - c.ideal)}"
+                for c in starved
+            ),
         )
     big = [c for c in recommended if c.n == 1000 and c.workers == SENSIBLE_BOUND]
     low = [c for c in big if c.efficiency < 0.9]
@@ -1135,8 +1171,10 @@ def write_results(out: Path, cells: list[Cell], meta: dict[str, Any]) -> None:
         "",
         f"Written by `benchmarks/strategies.py` on {meta['date']} ({meta['command']}); it took "
         f"{_clock(meta['seconds'])}. Simulator: fixed latency {LATENCY:g} s, no capacity limit, on 127.0.0.1. "
-        f"Medians of {meta['repeats']} repeat(s); warm clients; client CPU = CPU time of the benchmark process "
-        "during the run (of its child process for agent-shared-unsafe); server CPU = CPU time of the simulator "
+        f"Medians of {meta['repeats']} repeat(s). Warm: before the clock, each bounded strategy sent one batch of "
+        "min(N, workers) calls at once, so its connections, worker threads and agents were open, started and "
+        "built (the unbounded and naive strategies: one call, and none). Client CPU = CPU time of the benchmark "
+        "process during the run (of its child process for agent-shared-unsafe); server CPU = CPU time of the simulator "
         "process (in brackets: share of one core over the wall time).",
         "",
         f"Machine: {env['cpus']} CPUs, Python {env['python']}, {env['platform']}; "
