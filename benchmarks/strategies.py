@@ -63,7 +63,7 @@ LATENCY = 0.5
 NS = (3, 30, 300, 1000)
 QUICK_NS = (3, 30, 300)
 WORKERS = (3, 32, 100)
-LARGE_WORKERS = (320,)  # for N = 1000, strategies built for many calls in flight
+LARGE_WORKERS = (320, 1000)  # for N = 1000, strategies built for many calls in flight (1000: as many as naive)
 SENSIBLE_BOUND = 32  # the worker count the targets are checked at for N = 1000
 NAIVE = "naive-asyncio"  # the reference of the "vs naive" column
 UNSAFE_CALL_TIMEOUT = 10.0
@@ -1068,23 +1068,45 @@ STYLE = {
 }
 
 
+def _failed_note(c: Cell) -> str:
+    if c.hung:
+        return "hung"
+    if not c.errors_max:
+        return ""
+    share = c.errors_max / c.n
+    return f"{share:.0%} failed" if share >= 0.01 else f"{c.errors_max} of {c.n} failed"
+
+
 def plot(cells: list[Cell], path: Path, title: str) -> None:
-    """Efficiency against N (log x): one panel per worker count, one for the strategies without a bound."""
+    """Efficiency against N (log x), one panel per worker count and one for the strategies without a bound; below
+    them, the wall time of every strategy at the largest N, one bar each, fastest first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     measured = [c for c in cells if c.measured and not math.isnan(c.wall)]
-    panels: list[int | None] = sorted({c.workers for c in measured if c.workers is not None})
+    ns = sorted({c.n for c in cells})
+    # A worker count measured at one N only (the many-in-flight cells at N = 1000) has no line: its bar shows it.
+    counts = Counter(c.workers for c in measured if c.workers is not None)
+    panels: list[int | None] = sorted(
+        w for w, k in counts.items() if len({c.n for c in measured if c.workers == w}) > 1
+    )
     if any(c.workers is None for c in measured):
         panels.append(None)
-    ns = sorted({c.n for c in cells})
-    cols = 2 if len(panels) > 2 else len(panels)
-    rows_ = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(7.2 * cols, 5.0 * rows_ + 1.6), sharey=True, squeeze=False)
+    largest = max((c.n for c in measured), default=0)
+    bars = sorted((c for c in measured if c.n == largest), key=lambda c: c.wall)
+    cols = 2 if len(panels) > 1 else 1
+    line_rows = math.ceil(len(panels) / cols)
+    bar_height = 0.32 * len(bars) + 1.2 if bars else 0.0
+    height = 4.6 * line_rows + bar_height + 1.6
+    fig = plt.figure(figsize=(7.2 * cols, height))
+    grid = fig.add_gridspec(
+        line_rows + (1 if bars else 0), cols, height_ratios=[4.6] * line_rows + ([bar_height] if bars else [])
+    )
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(panels))]
     handles: dict[str, Any] = {}
-    for ax, w in zip(axes.flat, panels, strict=False):
+    for ax, w in zip(axes, panels, strict=True):
         for strategy in STRATEGIES:
             mine = sorted((c for c in measured if c.strategy == strategy.name and c.workers == w), key=lambda c: c.n)
             if not mine:
@@ -1105,7 +1127,7 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
             )
             handles.setdefault(label, h)
             for c, y in zip(mine, ys, strict=True):
-                note = "hung" if c.hung else (f"{c.errors_max / c.n:.0%} failed" if c.errors_max else "")
+                note = _failed_note(c)
                 if note:
                     ax.annotate(note, (c.n, y), textcoords="offset points", xytext=(6, -12), color=color, fontsize=8.5)
         ax.axhline(0.95, color="#888888", lw=0.9, ls=":")
@@ -1123,13 +1145,35 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
             ax.set_title(f"no bound: ideal = {LATENCY:g} s (sequential: N x {LATENCY:g} s)", fontsize=11)
         else:
             ax.set_title(f"{w} workers: ideal = ceil(N / {w}) x {LATENCY:g} s", fontsize=11)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    (t95,) = axes.flat[0].plot([], [], ":", color="#888888", label="efficiency 0.95 and 0.9")
-    handles["efficiency 0.95 and 0.9 (dotted)"] = t95
+    if bars:
+        ax = fig.add_subplot(grid[line_rows, :])
+        names = [
+            c.strategy + (f" ({c.workers})" if c.workers else "" if c.strategy == "sequential" else " (all)")
+            for c in bars
+        ]
+        ys = list(range(len(bars)))[::-1]
+        colors = [STYLE.get(c.strategy, ("black", "o", "-"))[0] for c in bars]
+        ax.barh(ys, [c.wall for c in bars], color=colors, alpha=0.85, height=0.7)
+        ax.scatter([c.ideal for c in bars], ys, marker="|", s=260, color="black", zorder=3, label="ideal")
+        top = max(c.wall for c in bars)
+        for y, c in zip(ys, bars, strict=True):
+            note = _failed_note(c)
+            ax.text(
+                c.wall + top * 0.006, y, f"{c.wall:.1f} s" + (f"  ({note})" if note else ""), va="center", fontsize=9
+            )
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names, fontsize=9.5)
+        ax.set_xlim(0, top * 1.13)
+        ax.grid(True, axis="x", alpha=0.25)
+        ax.set_xlabel("wall time, s (black tick: ideal; in brackets: calls in flight)")
+        ax.set_title(f"N = {largest}: wall time of each strategy, fastest first", fontsize=11)
+        handles["ideal wall time (black tick)"] = ax.collections[0]
+    if axes:
+        (t95,) = axes[0].plot([], [], ":", color="#888888")
+        handles["efficiency 0.95 and 0.9 (dotted)"] = t95
     fig.suptitle(title, fontsize=13)
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4, fontsize=10, frameon=False)
-    fig.tight_layout(rect=(0, 1.5 / (5.0 * rows_ + 1.6), 1, 0.97))
+    fig.tight_layout(rect=(0, 1.4 / height, 1, 1 - 0.5 / height))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -1265,14 +1309,53 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="per-call timeout of agent-shared-unsafe (default 10)",
     )
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: write the table and plot again from a strategies.json (into --out)",
+    )
     p.add_argument("--child-unsafe", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def load(path: Path) -> tuple[list[Cell], dict[str, Any]]:
+    """The cells and the description of a run, from the strategies.json it wrote."""
+    data = json.loads(path.read_text())
+    cells = []
+    for c in data["cells"]:
+        cell = Cell(c["strategy"], c["workers"], c["n"], c["ideal"], c["skipped"])
+        cell.seconds = c.get("seconds_with_setup", 0.0)
+        for r in c.get("runs", []):
+            cell.runs.append(
+                Measurement(
+                    r["wall"],
+                    r["client_cpu"],
+                    r["server_cpu"],
+                    r["errors"],
+                    r["timeouts"],
+                    r["wrong_answers"],
+                    r["server_peak_in_flight"],
+                    r["hung"],
+                    r["unfinished"],
+                    Counter(r["error_messages"]),
+                )
+            )
+        cells.append(cell)
+    meta = {k: data[k] for k in ("date", "command", "repeats", "max_ideal", "seconds", "probe", "environment")}
+    return cells, meta
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.child_unsafe:
         child_unsafe(args.child_unsafe)
+        return 0
+    if args.render:
+        cells, meta = load(args.render)
+        write_results(args.out, cells, meta)
+        print(f"wrote {args.out}/strategies.md, .json, .png from {args.render}")
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
     if repeats < 1:

@@ -841,6 +841,7 @@ def run_agent_threads(
     Each worker thread runs its own event loop, and an agent's HTTP client belongs to the loop that first used
     it; so each thread builds its own agent with ``make_agent()`` (kept in a ``threading.local``). The loops are
     made here rather than left to ``run_sync``, so that the agents' clients and the loops are closed at the end.
+    For batch after batch, :class:`AgentThreadPool` keeps the threads and their agents instead.
     """
     local = threading.local()
     loops: list[asyncio.AbstractEventLoop] = []
