@@ -225,11 +225,45 @@ draw(threaded, three_at_once, title="Six classifications: run_sync on 3 threads 
 assert [r.answer.sentiment for r in threaded.records] == expected
 
 # %% [markdown]
+# **Keep the pool for the next batch.** `run_agent_threads` builds a pool, an agent and an event loop per thread,
+# and closes them all when the batch is done. A program that classifies batch after batch pays for that every
+# time, and building an agent (its model and HTTP client) costs tens of milliseconds of CPU. Keep the threads and
+# their agents instead, as you keep one HTTP client: `helpers.AgentThreadPool` does, and closes them at the end
+# of its `with` block. Two batches each way — which uses less CPU for its second batch?
+
+# %%
+from helpers import AgentThreadPool
+
+
+def make_classifier() -> Agent:
+    return Agent(target.chat_model(), output_type=Review)
+
+
+batch = reviews if target.is_simulator else reviews[:3]  # a real provider: 3 calls a batch
+new_each_time = [run_agent_threads(make_classifier, batch, workers=3) for _ in range(2)]
+with AgentThreadPool(make_classifier, workers=3) as kept:
+    kept_pool = [kept.run(batch) for _ in range(2)]
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for name, runs in (("a new pool each batch", new_each_time), ("one pool, kept", kept_pool)):
+    print(f"{name:>21}:", " · ".join(f"batch {i} {r.wall:.2f} s, {r.cpu * 1000:.0f} ms CPU" for i, r in enumerate(runs, 1)))
+
+# %%
+for report in new_each_time + kept_pool:
+    assert [r.answer.sentiment for r in report.records] == expected[: len(batch)]
+assert kept_pool[1].cpu < 0.7 * new_each_time[1].cpu  # its second batch built no agent
+
+# %% [markdown]
 # Which to use? With pydantic-ai, asyncio is the natural fit: `agent.run` is the real implementation and
 # `run_sync` only wraps it in a loop per call. Threads are fine when the surrounding code is synchronous, as long
-# as each thread has its own agent. At scale, measure: the workbook's benchmark found that an agent call costs
-# around 10 ms of client CPU, so one Python process tops out near 100 agent calls per second whatever the
-# concurrency: bound it (tens in flight, not thousands).
+# as each thread has its own agent. At scale, measure. In the workbook's benchmark (`benchmarks/strategies.py`,
+# calls of 0.5 s) an agent call cost 4–5 ms of client CPU, about five times a plain httpx call, so one Python
+# process managed about 150 agent calls per second at most, whatever the concurrency. With 32 in flight over 1000
+# calls, 32 threads with an agent each came closer to the ideal time (0.98 of it) than one event loop running 32
+# `agent.run`s (0.93): on one loop, each run's many small steps take turns with all the others', so a call waited
+# a median 36 ms before its request left, against 3 ms on a thread of its own (`benchmarks/agent_loop.py`, 300
+# calls). Bound it: tens in flight, not thousands.
 #
 # ## Summary
 #
@@ -240,6 +274,7 @@ assert [r.answer.sentiment for r in threaded.records] == expected
 # - `agent.run_sync` fails in a notebook's main thread (a loop is already running) and works in worker threads.
 # - **Never share one agent across `run_sync` threads**: its connections belong to one event loop, and calls fail
 #   with "bound to a different event loop" (or hang). One agent per thread, or asyncio with one agent.
+# - Batch after batch, keep the threads and their agents (`AgentThreadPool`), as you keep one HTTP client.
 #
 # ## Exercises
 #
