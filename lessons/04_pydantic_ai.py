@@ -247,7 +247,8 @@ with AgentThreadPool(make_classifier, workers=3) as kept:
 # %%
 # NBVAL_IGNORE_OUTPUT
 for name, runs in (("a new pool each batch", new_each_time), ("one pool, kept", kept_pool)):
-    print(f"{name:>21}:", " · ".join(f"batch {i} {r.wall:.2f} s, {r.cpu * 1000:.0f} ms CPU" for i, r in enumerate(runs, 1)))
+    for i, r in enumerate(runs, 1):
+        print(f"{name:>21}, batch {i}: {r.wall:.2f} s, {r.cpu * 1000:.0f} ms of CPU")
 
 # %%
 for report in new_each_time + kept_pool:
