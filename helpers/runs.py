@@ -843,12 +843,10 @@ def run_agent_threads(
     made here rather than left to ``run_sync``, so that the agents' clients and the loops are closed at the end.
     For batch after batch, :class:`AgentThreadPool` keeps the threads and their agents instead.
     """
-    local = threading.local()
-    loops: list[asyncio.AbstractEventLoop] = []
-    entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
+    agents = _ThreadAgents(make_agent)
 
     def call(prompt: str) -> Any:
-        return _thread_agent(local, make_agent, loops, entered).run_sync(prompt).output
+        return agents.get().run_sync(prompt).output
 
     name = ("agent-threads", f"agent-threads ({workers} workers)")
     interrupted = False
@@ -859,33 +857,46 @@ def run_agent_threads(
         interrupted = True
         raise
     finally:
-        # The caller's thread may be running a loop of its own (Jupyter's), so the loops are closed in a thread.
-        # After an interrupt, calls may still be in flight on them: that thread waits for them, unwatched.
-        closer = threading.Thread(target=_close_loops, args=(loops, entered), name="agent-cleanup", daemon=True)
-        closer.start()
-        if not interrupted:
-            closer.join()
+        # After an interrupt, calls may still be in flight on the loops: they are closed unwatched, once free.
+        agents.close(wait=not interrupted)
     return _named(report, *name)
 
 
-def _thread_agent(
-    local: threading.local,
-    make_agent: Callable[[], Any],
-    loops: list[asyncio.AbstractEventLoop],
-    entered: list[tuple[asyncio.AbstractEventLoop, Any]],
-) -> Any:
-    """This thread's agent, built on first use together with the event loop it runs on."""
-    agent = getattr(local, "agent", None)
-    if agent is None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
-        loops.append(loop)
-        agent = make_agent()
-        if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
-            loop.run_until_complete(agent.__aenter__())
-            entered.append((loop, agent))
-        local.agent = agent
-    return agent
+class _ThreadAgents:
+    """One agent per thread, each built on first use together with the event loop it runs on, and closed together."""
+
+    def __init__(self, make_agent: Callable[[], Any]) -> None:
+        self._make_agent = make_agent
+        self._local = threading.local()
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        self._entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._loops)
+
+    def get(self) -> Any:
+        """The calling thread's agent."""
+        agent = getattr(self._local, "agent", None)
+        if agent is None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
+            self._loops.append(loop)
+            agent = self._make_agent()
+            if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
+                loop.run_until_complete(agent.__aenter__())
+                self._entered.append((loop, agent))
+            self._local.agent = agent
+        return agent
+
+    def close(self, *, wait: bool = True) -> None:
+        """Close the agents' HTTP clients and their loops, in a thread of its own: the caller's thread may be
+        running a loop (Jupyter's). ``wait=False`` leaves that thread to wait for calls still in flight."""
+        closer = threading.Thread(
+            target=_close_loops, args=(self._loops, self._entered), name="agent-cleanup", daemon=True
+        )
+        closer.start()
+        if wait:
+            closer.join()
 
 
 class AgentThreadPool:
@@ -910,16 +921,13 @@ class AgentThreadPool:
                 f"make_agent must be a function that builds an agent, e.g. lambda: Agent(model) "
                 f"(got {make_agent!r:.60})"
             )
-        self._make_agent = make_agent
+        self._agents = _ThreadAgents(make_agent)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="thread")
-        self._local = threading.local()
-        self._loops: list[asyncio.AbstractEventLoop] = []
-        self._entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
         self._closed = False
 
     def call(self, prompt: str) -> Any:
         """One prompt on the calling worker thread's own agent (built on first use)."""
-        return _thread_agent(self._local, self._make_agent, self._loops, self._entered).run_sync(prompt).output
+        return self._agents.get().run_sync(prompt).output
 
     def warm(self, prompt: str = "Reply: warm", *, timeout: float = 60.0) -> None:
         """One call on every worker thread at once, so that each has built its agent and opened a connection."""
@@ -955,12 +963,7 @@ class AgentThreadPool:
             return
         self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
-        # In a thread of its own: the caller's thread may be running a loop (Jupyter's).
-        closer = threading.Thread(
-            target=_close_loops, args=(self._loops, self._entered), name="agent-cleanup", daemon=True
-        )
-        closer.start()
-        closer.join()
+        self._agents.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -973,7 +976,7 @@ class AgentThreadPool:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._loops)} agents built"
+        state = "closed" if self._closed else f"{len(self._agents)} agents built"
         return f"<AgentThreadPool {self.workers} workers, {state}>"
 
 
