@@ -40,7 +40,7 @@ import httpx
 from .calls import MalformedResponse, answer_from
 from .quota import PRICES_AS_OF, QuotaExceeded, estimate_cost, estimate_tokens
 from .retry import with_retries
-from .runs import Answer, CallRecord, RunReport, _check_workers, run_threads
+from .runs import Answer, CallRecord, RunReport, _check_workers, plural, run_threads
 from .throttle import Throttle
 
 __all__ = [
@@ -481,7 +481,7 @@ def run_batch(
             run.wall,
             run.cpu,
             workers,
-            f"batch ({workers} worker{'s' if workers != 1 else ''})",
+            f"batch ({plural(len(todo), 'item')} on {plural(max(1, min(workers, len(todo))), 'worker')})",
             [todo[k] for k in run.delivery_order],
             run.cancelled,
             checkpoint=path,

@@ -16,6 +16,7 @@ When it gives up it raises the last error, with ``.attempts`` and ``.waited`` se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import math
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 
 from .calls import APIError
-from .runs import Answer
+from .runs import Answer, Attempt
 
 __all__ = ["backoff", "is_retryable", "retry", "retry_after", "retry_async", "with_retries"]
 
@@ -105,18 +106,22 @@ def retry(
     _check(attempts, base, cap, max_wait)
     rng = _rng(rng)
     waited = 0.0
+    tries: list[Attempt] = []
     for attempt in range(1, attempts + 1):
+        began = time.perf_counter()
         try:
             result = call(prompt)
         except Exception as error:
+            tries.append(Attempt(began, time.perf_counter(), _what(error)))
             wait = _next_wait(error, attempt, attempts, waited, base, cap, max_wait, rng)
             if wait is None:  # not worth another try, or no tries or waiting time left
-                _mark(error, attempt, waited)
+                _mark(error, attempt, waited, tries)
                 raise
             sleep(wait)
             waited += wait
         else:
-            return _answer(result, attempt, waited)
+            tries.append(Attempt(began, time.perf_counter()))
+            return _answer(result, attempt, waited, tries)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -135,18 +140,22 @@ async def retry_async(
     _check(attempts, base, cap, max_wait)
     rng = _rng(rng)
     waited = 0.0
+    tries: list[Attempt] = []
     for attempt in range(1, attempts + 1):
+        began = time.perf_counter()
         try:
             result = await acall(prompt)
         except Exception as error:
+            tries.append(Attempt(began, time.perf_counter(), _what(error)))
             wait = _next_wait(error, attempt, attempts, waited, base, cap, max_wait, rng)
             if wait is None:
-                _mark(error, attempt, waited)
+                _mark(error, attempt, waited, tries)
                 raise
             await sleep(wait)
             waited += wait
         else:
-            return _answer(result, attempt, waited)
+            tries.append(Attempt(began, time.perf_counter()))
+            return _answer(result, attempt, waited, tries)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -202,21 +211,31 @@ def _next_wait(
     return wait
 
 
-def _mark(error: BaseException, attempts: int, waited: float) -> None:
-    """Mark the last error with how many tries it took and how long we waited in between."""
+def _what(error: BaseException) -> str:
+    """What ended a try, in a few words: ``APIError: HTTP 503 ...``, ``ReadTimeout: ...``."""
+    text = str(error) or type(error).__name__
+    return text if text.startswith(type(error).__name__) else f"{type(error).__name__}: {text[:120]}"
+
+
+def _mark(error: BaseException, attempts: int, waited: float, tries: list[Attempt]) -> None:
+    """Mark the last error with how many tries it took, how long we waited in between, and each try's times."""
     try:
         error.attempts = attempts  # type: ignore[attr-defined]
         error.waited = waited  # type: ignore[attr-defined]
+        error.tries = tries  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - an exception class with __slots__
         pass
     if attempts > 1:
         error.add_note(f"(gave up after {attempts} attempts and {waited:.2f} s of waiting)")
 
 
-def _answer(result: Any, attempts: int, waited: float) -> Answer:
+def _answer(result: Any, attempts: int, waited: float, tries: list[Attempt]) -> Answer:
     if isinstance(result, Answer):  # the call reported tokens (or retried inside): keep that, add ours
-        return Answer(result.text, result.attempts + attempts - 1, result.waited + waited, result.tokens)
-    return Answer(result, attempts, waited)
+        inner = result.tries if attempts == 1 and result.tries else tries
+        return dataclasses.replace(
+            result, attempts=result.attempts + attempts - 1, waited=result.waited + waited, tries=inner
+        )
+    return Answer(result, attempts, waited, tries=tries)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -31,6 +31,7 @@ __all__ = [
     "STRATEGIES",
     "AgentThreadPool",
     "Answer",
+    "Attempt",
     "CallRecord",
     "RunReport",
     "run",
@@ -61,13 +62,29 @@ STRATEGIES = {
 
 
 @dataclass
+class Attempt:
+    """One try of a call (lesson 06): when it started and ended, and the error that ended it (None: it answered).
+
+    ``helpers.retry`` records them with ``time.perf_counter()``; a runner turns them into seconds since its run
+    started, so that a timeline draws every failed try as a failure, even when a later one answered."""
+
+    start: float
+    end: float
+    error: str | None = None
+
+
+@dataclass
 class Answer:
-    """What a call may return instead of plain text, to report retries and tokens (lessons 05-06)."""
+    """What a call may return instead of plain text, to report retries, waiting and tokens (lessons 05-06).
+
+    ``waited`` is time spent waiting on the client: between tries (retries), or, with one try, before it (a
+    throttle's turn). ``tries`` holds each try's times when they are known."""
 
     text: str
     attempts: int = 1
     waited: float = 0.0
     tokens: int | None = None
+    tries: list[Attempt] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -86,6 +103,7 @@ class CallRecord:
     tokens: int | None = None
     delivered: float | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
+    tries: list[Attempt] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -141,8 +159,11 @@ class RunReport:
         return max((r.latency for r in self.records), default=0.0)
 
     @property
-    def speedup(self) -> float:
-        """Sum of latencies divided by wall time: 1 for sequential, up to the number of calls in flight."""
+    def overlap(self) -> float:
+        """Sum of latencies divided by wall time: how many calls were in flight on average (1 for sequential).
+
+        Not a speed-up: calls slowed down by the client (a new client per call) stretch their bars and raise it.
+        A speed-up compares two runs' wall times (``draw`` and ``summary_table`` show it against a baseline)."""
         return self.sum_of_latencies / self.wall if self.wall > 0 else 0.0
 
     @property
@@ -177,7 +198,7 @@ class RunReport:
             "wall s": round(self.wall, 3),
             "sum of latencies s": round(self.sum_of_latencies, 3),
             "slowest s": round(self.slowest, 3),
-            "speed-up": round(self.speedup, 2),
+            "overlap": round(self.overlap, 2),
             "efficiency": round(self.efficiency, 2),
             "peak in flight": self.peak_in_flight,
             "client CPU s": round(self.cpu, 3),
@@ -185,18 +206,22 @@ class RunReport:
 
     def __repr__(self) -> str:
         return (
-            f"<RunReport {self.label}: {self.n} calls, {len(self.failures)} failed, wall {self.wall:.2f} s, "
+            f"<RunReport {self.label}: {plural(self.n, 'call')}, {len(self.failures)} failed, wall {self.wall:.2f} s, "
             f"sum of latencies {self.sum_of_latencies:.2f} s>"
         )
+
+
+def plural(count: int, word: str) -> str:
+    """``plural(1, "worker")`` is "1 worker", ``plural(3, "worker")`` "3 workers"."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _default_label(strategy: str, workers: int | None) -> str:
     if workers is None or strategy == "sequential" or strategy.startswith("naive"):
         return strategy
-    unit = "in flight" if strategy.startswith(("asyncio", "agent-asyncio", "agent-max")) else "workers"
-    if unit == "workers" and workers == 1:
-        unit = "worker"
-    return f"{strategy} ({workers} {unit})"
+    if strategy.startswith(("asyncio", "agent-asyncio", "agent-max")):
+        return f"{strategy} ({workers} in flight)"
+    return f"{strategy} ({plural(workers, 'worker')})"
 
 
 # --- bookkeeping shared by all runners --------------------------------------------------------------------
@@ -209,6 +234,10 @@ class _Clock:
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def relative(self, tries: Sequence[Attempt]) -> list[Attempt]:
+        """Tries timed with ``time.perf_counter()``, in seconds since this run started."""
+        return [Attempt(t.start - self.t0, t.end - self.t0, t.error) for t in tries]
 
     def report(
         self,
@@ -229,7 +258,7 @@ class _Clock:
         )
 
 
-def _fill(record: CallRecord, result: Any) -> None:
+def _fill(record: CallRecord, result: Any, clock: _Clock) -> None:
     if isinstance(result, Answer):
         record.answer, record.attempts, record.waited, record.tokens = (
             result.text,
@@ -237,12 +266,16 @@ def _fill(record: CallRecord, result: Any) -> None:
             result.waited,
             result.tokens,
         )
+        record.tries = clock.relative(result.tries)
     else:
         record.answer = result
 
 
-def _fail(record: CallRecord, exc: BaseException) -> None:
+def _fail(record: CallRecord, exc: BaseException, clock: _Clock) -> None:
     record.exception = exc
+    tries = getattr(exc, "tries", None)  # set by helpers.retry when it gives up
+    if isinstance(tries, list) and all(isinstance(t, Attempt) for t in tries):
+        record.tries = clock.relative(tries)
     text = str(exc) or exc.__class__.__name__
     record.error = f"{exc.__class__.__name__}: {text[:300]}" if not text.startswith(exc.__class__.__name__) else text
     attempts = getattr(exc, "attempts", None)  # set by helpers.retry when it gives up
@@ -345,9 +378,9 @@ def _timed(call: Callable[[str], Any], record: CallRecord, clock: _Clock) -> Cal
     record.worker = _worker_name()
     record.start = clock.now()
     try:
-        _fill(record, call(record.prompt))
+        _fill(record, call(record.prompt), clock)
     except Exception as exc:  # a failed call is a record, never a crash of the run
-        _fail(record, exc)
+        _fail(record, exc, clock)
     record.end = clock.now()
     return record
 
@@ -572,11 +605,11 @@ async def _timed_async(
                     f"{getattr(acall, '__name__', 'acall')} returned a {type(pending).__name__}. "
                     "Use run_threads for a plain function."
                 )
-            _fill(record, await pending)
+            _fill(record, await pending, clock)
         except _NotAwaitable:
             raise
         except Exception as exc:
-            _fail(record, exc)
+            _fail(record, exc, clock)
         if record.end <= record.start:  # not marked already by a limiter inside the call
             record.end = clock.now()
         return record
@@ -848,7 +881,7 @@ def run_agent_threads(
     def call(prompt: str) -> Any:
         return agents.get().run_sync(prompt).output
 
-    name = ("agent-threads", f"agent-threads ({workers} workers)")
+    name = ("agent-threads", f"agent-threads ({plural(workers, 'worker')})")
     interrupted = False
     try:
         with _relabelled(*name):
@@ -950,7 +983,7 @@ class AgentThreadPool:
     ) -> RunReport:
         """Like ``run_agent_threads``, on this pool's threads and agents."""
         self._check_open()
-        name = ("agent-threads", f"agent-threads ({self.workers} workers)")
+        name = ("agent-threads", f"agent-threads ({plural(self.workers, 'worker')})")
         with _relabelled(*name):
             report = run_threads(
                 self.call, prompts, order=order, on_result=on_result, cancel=cancel, executor=self._executor

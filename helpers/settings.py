@@ -90,8 +90,13 @@ class Target:
 
     def describe(self) -> str:
         """One line for the top of a lesson: where calls go and with which model (never the key)."""
-        if self.is_simulator:
-            return f"calls go to the built-in LLM simulator at {self.base_url}, model {self.model} (no key needed)"
+        if self.simulator is not None:
+            started = (
+                "the built-in LLM simulator"
+                if self.simulator.process is not None
+                else "an LLM simulator started by hand"
+            )
+            return f"calls go to {started} at {self.base_url}, model {self.model} (no key needed)"
         key = "with the key from LLM_API_KEY" if self.api_key else "without a key"
         guard = ""
         if self.quota is not None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
@@ -23,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .runs import CallRecord, RunReport
+from .runs import CallRecord, RunReport, plural
 
 __all__ = ["COLOURS", "MAX_LANES", "Table", "TimelineFigure", "draw", "draw_server", "summary_table"]
 
@@ -33,6 +34,7 @@ COLOURS = {
     "failed": "#D55E00",  # vermillion: a call that ended in an error
     "cancelled": "#999999",  # grey: a call that never ran
     "waiting": "#E69F00",  # orange: time slept before a retry
+    "turn": "#56B4E9",  # sky blue: time a call waited for its turn (a throttle) before its request left
     "delivered": "#000000",  # black: the moment the caller got the result
     "wall": "#555555",  # the end of the run
     "serving": "#009E73",  # green: requests the server is working on
@@ -78,11 +80,21 @@ class _Lanes:
     packed: bool
 
 
+def _display_names(workers: Sequence[str]) -> dict[str, str]:
+    """Lane names a reader can follow: "thread 1", "task 1", ... instead of "thread_0" or "Task-43"."""
+    if workers and all(re.fullmatch(r"thread_\d+", w) for w in workers):
+        return {w: f"thread {int(w.split('_')[1]) + 1}" for w in workers}
+    if workers and all(re.fullmatch(r"Task-\d+", w) for w in workers):
+        return {w: f"task {k}" for k, w in enumerate(workers, 1)}
+    return {w: w for w in workers}
+
+
 def _lanes(records: Sequence[CallRecord]) -> _Lanes:
     workers = sorted({r.worker or "?" for r in records}, key=_natural)
     if len(workers) <= MAX_LANES:
         where = {w: i for i, w in enumerate(workers)}
-        return _Lanes([where[r.worker or "?"] for r in records], workers, packed=False)
+        shown = _display_names(workers)
+        return _Lanes([where[r.worker or "?"] for r in records], [shown[w] for w in workers], packed=False)
     # Greedy interval packing: each call goes into the first lane that is free when it starts. This needs
     # exactly as many lanes as calls were ever in flight at once.
     ends: list[float] = []
@@ -100,12 +112,12 @@ def _lanes(records: Sequence[CallRecord]) -> _Lanes:
 
 def _worker_kind(names: Sequence[str]) -> str:
     if names and all(n.startswith("slot") for n in names):
-        return "slots"
+        return "slot"
     if names and all(n.startswith("Task") for n in names):
-        return "tasks"
+        return "task"
     if names and all(n.startswith("thread") for n in names):
-        return "threads"
-    return "workers"
+        return "thread"
+    return "worker"
 
 
 # --- one panel --------------------------------------------------------------------------------------------
@@ -128,34 +140,92 @@ def _error_kind(error: str) -> str:
     return error.split(":", 1)[0].strip()[:14] or "error"
 
 
-def _segments(record: CallRecord, width: float) -> tuple[list[tuple[float, float]], list[float]]:
-    """Waiting spans and attempt boundaries of a retried call.
+@dataclass
+class _Piece:
+    """A part of one bar: a try (``"failed"`` or ``"answered"``), or waiting (``"retry"`` between tries, ``"turn"``
+    before the first)."""
 
-    A record holds only its total ``waited`` and number of ``attempts``, so the drawing spreads them evenly:
-    attempt, wait, attempt, ..., with the waiting before the first attempt when there was only one.
+    start: float
+    width: float
+    kind: str
+
+
+def _pieces(record: CallRecord) -> list[_Piece]:
+    """What happened inside one bar, from the record's tries when it has them.
+
+    Without them a record holds only its number of ``attempts`` and total ``waited``: the drawing then spreads
+    them evenly (try, wait, try, ...), every try but the last a failure; with one try, the waiting comes before
+    it (a throttle's turn).
     """
+    if record.tries:
+        tries = sorted(record.tries, key=lambda t: t.start)
+        pieces: list[_Piece] = []
+        first = min(max(tries[0].start, record.start), record.end)
+        if first > record.start:
+            pieces.append(_Piece(record.start, first - record.start, "turn"))
+        for k, attempt in enumerate(tries):
+            a, b = max(attempt.start, record.start), min(attempt.end, record.end)
+            pieces.append(_Piece(a, max(0.0, b - a), "answered" if attempt.error is None else "failed"))
+            if k + 1 < len(tries):
+                following = min(tries[k + 1].start, record.end)
+                if following > b:
+                    pieces.append(_Piece(b, following - b, "retry"))
+        return pieces
+    width = record.latency
     attempts, waited = max(1, record.attempts), max(0.0, min(record.waited, width))
     if attempts == 1:
-        return ([(record.start, waited)] if waited > 0 else []), []
+        if waited <= 0:
+            return []
+        return [_Piece(record.start, waited, "turn"), _Piece(record.start + waited, width - waited, _final(record))]
     busy = (width - waited) / attempts
     gap = waited / (attempts - 1)
-    waits, bounds, t = [], [], record.start
-    for _ in range(attempts - 1):
+    pieces, t = [], record.start
+    for k in range(attempts):
+        pieces.append(_Piece(t, busy, _final(record) if k == attempts - 1 else "failed"))
         t += busy
-        if gap > 0:
-            waits.append((t, gap))
-        t += gap
-        bounds.append(t)
-    return waits, bounds
+        if k < attempts - 1:
+            if gap > 0:
+                pieces.append(_Piece(t, gap, "retry"))
+            t += gap
+    return pieces
 
 
-def _title(report: RunReport) -> str:
-    parts = [
-        report.label or report.strategy,
-        f"wall {report.wall:.2f} s",
-        f"sum of latencies {report.sum_of_latencies:.2f} s",
-        f"speed-up {report.speedup:.1f}×",
-    ]
+def _final(record: CallRecord) -> str:
+    return "answered" if record.ok else "failed"
+
+
+def _baseline(reports: Sequence[RunReport], chosen: RunReport | None) -> RunReport | None:
+    """The run a speed-up is measured against: the one given, else the sequential run, else the first."""
+    if chosen is not None:
+        return chosen
+    if len(reports) < 2:
+        return None
+    return next((r for r in reports if r.strategy == "sequential"), reports[0])
+
+
+def speedup_against(report: RunReport, baseline: RunReport | None) -> float | None:
+    """``baseline.wall / report.wall``: how many times faster this run was than the baseline (None: no baseline)."""
+    if baseline is None or report.wall <= 0 or baseline.wall <= 0:
+        return None
+    return baseline.wall / report.wall
+
+
+def _compared(report: RunReport, baseline: RunReport | None) -> str:
+    ratio = speedup_against(report, baseline)
+    if ratio is None or report is baseline or baseline is None:
+        return ""
+    if ratio >= 1.05:
+        return f"{ratio:.1f}× faster than {baseline.label}"
+    if ratio <= 1 / 1.05:
+        return f"{1 / ratio:.1f}× slower than {baseline.label}"
+    return f"about as fast as {baseline.label}"
+
+
+def _title(report: RunReport, baseline: RunReport | None = None) -> str:
+    parts = [report.label or report.strategy, f"wall {report.wall:.2f} s"]
+    compared = _compared(report, baseline)
+    if compared:
+        parts.append(compared)
     failed = len(report.failures)
     if failed:
         parts.append(f"{failed} failed")
@@ -164,13 +234,34 @@ def _title(report: RunReport) -> str:
     return " · ".join(parts)
 
 
-def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delivery: bool, used: set[str]) -> None:
+def _gaps(a: float, b: float, spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of [a, b] that no span covers."""
+    pieces, start = [], a
+    for x0, x1 in sorted(spans):
+        if x1 <= start or x0 >= b:
+            continue
+        if x0 > start:
+            pieces.append((start, x0))
+        start = max(start, x1)
+    if start < b:
+        pieces.append((start, b))
+    return pieces
+
+
+def _panel(
+    ax: Axes,
+    report: RunReport,
+    inches: tuple[float, float],
+    show_delivery: bool,
+    used: set[str],
+    baseline: RunReport | None,
+) -> None:
     """Draw one run into ``ax`` (``inches``: the panel's width and height); add what it shows to ``used``."""
     records = report.records
     lanes = _lanes(records)
     n_lanes = max(1, len(lanes.names))
     ax.set_ylim(n_lanes - 0.5, -0.5)  # lane 0 at the top
-    ax.set_title(_title(report), loc="left", fontsize=10, pad=4)
+    ax.set_title(_title(report, baseline), loc="left", fontsize=10, pad=4)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="x", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
@@ -195,13 +286,18 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
     height = 0.72 if lane_px >= 8 else 0.9
     min_width = 5 / px_per_s  # a call that took (almost) no time is still a visible sliver
 
+    def box(x0: float, x1: float, lane: int) -> list[tuple[float, float]]:
+        y0, y1 = lane - height / 2, lane + height / 2
+        return [(x0, y0), (x0, y1), (x1, y1), (x1, y0)]
+
     verts, colours, edges = [], [], []
+    spans: dict[int, list[tuple[float, float]]] = {}  # what each lane shows, for the dotted lines to avoid
     for record, lane in zip(records, lanes.of, strict=True):
         x0, x1 = record.start, record.end
         if x1 - x0 < min_width:  # widen to the left: the next call in the lane starts after this one ended
             x0 = x1 - min_width
-        y0, y1 = lane - height / 2, lane + height / 2
-        verts.append([(x0, y0), (x0, y1), (x1, y1), (x1, y0)])
+        spans.setdefault(lane, []).append((x0, x1))
+        verts.append(box(x0, x1, lane))
         edges.append((1.0 if (x1 - x0) * px_per_s >= 8 else 0.6) if lane_px >= 8 else 0.0)
         if record.ok:
             colours.append(COLOURS["ok"])
@@ -214,23 +310,33 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
     bars.set_zorder(2)
     ax.add_collection(bars)
 
-    # Retries: hatched waiting, orange ticks between attempts.
-    waits, ticks = [], []
+    # Inside a bar: failed tries, the waits between tries (retries) and before the first (a throttle's turn).
+    failed_tries, retry_waits, turn_waits, ticks = [], [], [], []
     for record, lane in zip(records, lanes.of, strict=True):
-        if record.attempts <= 1 and record.waited <= 0:
+        pieces = _pieces(record)
+        tries = [p for p in pieces if p.kind in ("failed", "answered")]
+        for piece in pieces:
+            if piece.width <= 0:
+                continue
+            shape = box(piece.start, piece.start + piece.width, lane)
+            if piece.kind == "failed" and record.ok:  # a failed try of a call that answered in the end
+                failed_tries.append(shape)
+            elif piece.kind == "retry":
+                retry_waits.append(shape)
+            elif piece.kind == "turn":
+                turn_waits.append(shape)
+        ticks += [[(p.start, lane - height / 2), (p.start, lane + height / 2)] for p in tries[1:]]
+    for shapes, gid, face, edge, name in (
+        (failed_tries, "failed tries", COLOURS["failed"], "white", "failed try"),
+        (retry_waits, "waits", "#FFF1CC", COLOURS["waiting"], "waiting"),
+        (turn_waits, "turns", "#E3F2FB", COLOURS["turn"], "turn"),
+    ):
+        if not shapes:
             continue
-        spans, bounds = _segments(record, record.latency)
-        for x, w in spans:
-            waits.append(
-                [(x, lane - height / 2), (x, lane + height / 2), (x + w, lane + height / 2), (x + w, lane - height / 2)]
-            )
-        ticks += [[(b, lane - height / 2), (b, lane + height / 2)] for b in bounds]
-    if waits:
-        used.add("waiting")
-        patches = PolyCollection(
-            waits, facecolors="#FFF1CC", edgecolors=COLOURS["waiting"], hatch="////", linewidths=0.6
-        )
-        patches.set_gid("waits")
+        used.add(name)
+        hatch = None if gid == "failed tries" else ("////" if gid == "waits" else "\\\\")
+        patches = PolyCollection(shapes, facecolors=face, edgecolors=edge, hatch=hatch, linewidths=0.6)
+        patches.set_gid(gid)
         patches.set_zorder(3)
         ax.add_collection(patches)
     if ticks:
@@ -258,15 +364,19 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
             dots.set_gid("delivered")
             # Few calls: a dotted line from each answer to its delivery, to follow them one by one.
             # Many: only from the last call of each lane, which shows the wait for the end without the noise.
+            # A line never crosses another bar of its lane: it shows only in the gaps between them.
             few = len(records) <= 100
             last: dict[int, float] = {}
             for r, lane in zip(records, lanes.of, strict=True):
                 last[lane] = max(last.get(lane, r.end), r.end)
-            held = [
-                [(r.end, lane), (r.delivered, lane)]
-                for r, lane in zip(records, lanes.of, strict=True)
-                if r.delivered is not None and (r.delivered - r.end) * px_per_s > 6 and (few or r.end >= last[lane])
-            ]
+            held = []
+            for r, lane in zip(records, lanes.of, strict=True):
+                if r.delivered is None or (r.delivered - r.end) * px_per_s <= 6 or not (few or r.end >= last[lane]):
+                    continue
+                others = [span for span in spans[lane] if span[1] > r.end]
+                for a, b in _gaps(r.end, r.delivered, others):
+                    if (b - a) * px_per_s > 3:
+                        held.append([(a, lane), (b, lane)])
             if held:
                 used.add("held")
                 wires = LineCollection(
@@ -275,21 +385,25 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
                 wires.set_gid("held")
                 ax.add_collection(wires)
 
-    # Labels: the prompt's index, and what went wrong, where there is room.
-    if len(records) <= _MAX_LABELS and lane_px >= 11:
+    # Labels: the prompt's index, and what went wrong, where there is room. With many calls, only the ones
+    # worth a look (a failure, a retry) get one. White on a dark outline: readable on a bar and on hatching.
+    if lane_px >= 11:
+        outline: list[patheffects.AbstractPathEffect] = [patheffects.withStroke(linewidth=2.4, foreground="#1F2A33")]
         for record, lane in zip(records, lanes.of, strict=True):
-            room = record.latency * px_per_s - 6
+            if len(records) > _MAX_LABELS and record.ok and record.attempts <= 1:
+                continue
+            room = max(record.latency, min_width) * px_per_s - 6
             number = f"#{record.index}"
             if not record.ok:
-                choices = [f"{number} × {_error_kind(record.error or '')}", f"{number} ×", "×"]
+                choices = [f"{number} · {_error_kind(record.error or '')}", number]
             elif record.attempts > 1:
                 choices = [f"{number} · {record.attempts} tries", number]
             else:
                 choices = [number]
             text = next((c for c in choices if len(c) * 6.2 <= room), "")
             if text:
-                ax.text(
-                    record.start + 4 / px_per_s,
+                label = ax.text(
+                    record.end - max(record.latency, min_width) + 4 / px_per_s,
                     lane,
                     text,
                     va="center",
@@ -299,14 +413,15 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
                     zorder=6,
                     clip_on=True,
                 )
+                label.set_path_effects(outline)
 
-    # Lanes: worker names, or a note that calls were packed.
+    # Lanes: worker names, or what the lanes are when calls were packed.
     kind = _worker_kind(sorted({r.worker for r in records}))
     if lanes.packed:
         ax.set_yticks([])
         workers = len({r.worker for r in records})
         ax.set_ylabel(
-            f"{workers} {kind},\npacked into\n{n_lanes} lanes",
+            f"{plural(workers, kind)};\n{n_lanes} lanes, one\nper call in flight",
             fontsize=8,
             rotation=0,
             ha="right",
@@ -323,10 +438,14 @@ def _panel(ax: Axes, report: RunReport, inches: tuple[float, float], show_delive
 
 def _legend_handles(used: set[str]) -> list[Any]:
     handles: list[Any] = [Patch(color=COLOURS["ok"], label="one call (#prompt)")]
-    if "failed" in used:
-        handles.append(Patch(color=COLOURS["failed"], label="failed call"))
+    if "failed" in used or "failed try" in used:
+        handles.append(Patch(color=COLOURS["failed"], label="failed call (or try)"))
     if "cancelled" in used:
         handles.append(Patch(color=COLOURS["cancelled"], label="never ran"))
+    if "turn" in used:
+        handles.append(
+            Patch(facecolor="#E3F2FB", edgecolor=COLOURS["turn"], hatch="\\\\", label="waiting for its turn")
+        )
     if "waiting" in used:
         handles.append(Patch(facecolor="#FFF1CC", edgecolor=COLOURS["waiting"], hatch="////", label="waiting to retry"))
     if "attempts" in used:
@@ -365,19 +484,31 @@ def _panel_height(report: RunReport) -> float:
     return max(_MIN_PANEL, min(_MAX_PANEL, lanes * _LANE))
 
 
-def draw(*reports: RunReport, title: str | None = None, show_delivery: bool = True, width: float = 10) -> Figure:
+def draw(
+    *reports: RunReport,
+    title: str | None = None,
+    show_delivery: bool = True,
+    width: float = 10,
+    baseline: RunReport | None = None,
+) -> Figure:
     """Draw runs as Gantt charts, one panel each, on one shared time axis (lesson 01).
 
     One bar per call, one lane per worker (calls are packed into lanes when there are more than
-    ``MAX_LANES`` workers). Failed calls are vermillion; hatching marks time spent waiting to retry; a black
-    dot marks when the caller received each result, with a dotted line when it was ready earlier but held
-    back (``pool.map`` keeps answers in input order; ``gather`` hands everything over at the end).
-    In a panel, the bars are one ``PolyCollection`` (gid ``"calls"``) with one path per record, in index order.
+    ``MAX_LANES`` workers). Failed calls (and failed tries of a call retried) are vermillion; orange hatching
+    marks waiting to retry, blue hatching waiting for a turn (a throttle); a black dot marks when the caller
+    received each result, with a dotted line when it was ready earlier but held back (``pool.map`` keeps
+    answers in input order; ``gather`` hands everything over at the end). Each panel's title says how many
+    times faster (or slower) its run was than ``baseline``: by default the sequential run among ``reports``,
+    else the first. In a panel, the bars are one ``PolyCollection`` (gid ``"calls"``) with one path per record,
+    in index order.
     """
     if not reports:
         raise ValueError("draw() needs at least one RunReport, e.g. draw(sequential, threaded)")
     _check_reports("draw", reports)
+    if baseline is not None:
+        _check_reports("draw", [baseline])
     _check_width(width)
+    against = _baseline(reports, baseline)
     heights = [_panel_height(r) for r in reports]
     span = max([r.wall for r in reports] + [max((c.end for c in r.records), default=0) for r in reports])
     span = max(span, 1e-3) * 1.12  # room for the last "wall" note
@@ -391,7 +522,7 @@ def draw(*reports: RunReport, title: str | None = None, show_delivery: bool = Tr
         ax = fig.add_axes((0, 0, 1, 1), sharex=axes[0] if axes else None)
         if not axes:
             ax.set_xlim(0, span)
-        _panel(ax, report, (plot_width, h), show_delivery, used)
+        _panel(ax, report, (plot_width, h), show_delivery, used, against)
         ax.tick_params(axis="x", labelbottom=False, labelsize=8)
         axes.append(ax)
     axes[-1].tick_params(axis="x", labelbottom=True)
@@ -430,10 +561,10 @@ COLUMNS = (
     "calls",
     "failed",
     "wall s",
+    "speed-up",
     "sum of latencies s",
     "slowest s",
-    "speed-up",
-    "efficiency",
+    "overlap",
     "peak in flight",
 )
 
@@ -442,8 +573,8 @@ def _cell(column: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        if column == "speed-up":
-            return f"{value:.1f}×"
+        if column in ("speed-up", "overlap"):
+            return f"{value:.1f}×" if column == "speed-up" else f"{value:.1f}"
         return f"{value:.2f}"
     return str(value)
 
@@ -454,6 +585,7 @@ class Table:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     columns: tuple[str, ...] = COLUMNS
+    note: str = ""
 
     def _cells(self) -> list[list[str]]:
         return [[_cell(c, row.get(c, "")) for c in self.columns] for row in self.rows]
@@ -467,7 +599,8 @@ class Table:
                 v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
             )
 
-        return "\n".join([line(self.columns)] + [line(r) for r in cells]).rstrip()
+        text = "\n".join([line(self.columns)] + [line(r) for r in cells]).rstrip()
+        return text + (f"\n{self.note}" if self.note else "")
 
     __repr__ = __str__
 
@@ -481,7 +614,8 @@ class Table:
             + "</tr>"
             for r in self._cells()
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        caption = f'<caption style="caption-side:bottom">{html.escape(self.note)}</caption>' if self.note else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _check_reports(name: str, reports: Sequence[Any]) -> None:
@@ -497,10 +631,29 @@ def _check_width(width: Any) -> None:
         raise ValueError(f"width is the picture's width in inches, from {least:g} to 100 (got {width!r}); 10 is usual")
 
 
-def summary_table(*reports: RunReport) -> Table:
-    """One row per run: wall time against the sum of latencies, speed-up, failures (lesson 01)."""
+def summary_table(*reports: RunReport, baseline: RunReport | None = None) -> Table:
+    """One row per run: wall time, speed-up against a baseline run, failures, overlap (lesson 01).
+
+    The speed-up is the baseline's wall time divided by this run's (by default the sequential run among
+    ``reports``, else the first). The overlap is the sum of latencies divided by the wall time: how many calls
+    were in flight on average.
+    """
     _check_reports("summary_table", reports)
-    return Table([{c: r.summary().get(c) for c in COLUMNS} for r in reports])
+    if baseline is not None:
+        _check_reports("summary_table", [baseline])
+    against = _baseline(reports, baseline)
+    rows = []
+    for report in reports:
+        row = {c: report.summary().get(c) for c in COLUMNS}
+        row["speed-up"] = speedup_against(report, against)
+        rows.append(row)
+    note = ""
+    if against is not None:
+        note = (
+            f"speed-up: the wall time of {against.label} divided by each run's; overlap: sum of latencies ÷ wall "
+            "time, the calls in flight on average"
+        )
+    return Table(rows, note=note)
 
 
 # --- the server's view ------------------------------------------------------------------------------------

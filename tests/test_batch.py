@@ -285,9 +285,11 @@ def test_an_interrupted_run_keeps_what_finished(sim: simulator.Simulator, call: 
 def test_draw_accepts_the_report(call: Any, tmp_path: Path) -> None:
     report = run_batch(call, items_of(5), checkpoint=tmp_path / "c.jsonl", workers=2, **FAST)
     assert isinstance(report, RunReport) and isinstance(report, BatchReport)
-    assert report.label == "batch (2 workers)"
+    assert report.label == "batch (5 items on 2 workers)"
     figure = draw(report)
-    assert figure.axes and "batch (2 workers)" in figure.axes[0].get_title(loc="left")
+    assert figure.axes and "batch (5 items on 2 workers)" in figure.axes[0].get_title(loc="left")
+    one = run_batch(call, items_of(6), checkpoint=tmp_path / "c.jsonl", workers=2, **FAST)
+    assert one.label == "batch (1 item on 1 worker)"  # what this run did, not the pool it had
     assert "5 items" in repr(report)
 
 

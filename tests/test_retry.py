@@ -66,6 +66,9 @@ def test_500_then_429_then_answer(sim: simulator.Simulator, http: httpx.Client) 
     answer = retry(asker(http), "Reply: alpha", rng=1, sleep=sleeps)
     assert answer == Answer("alpha", attempts=3, waited=pytest.approx(sum(sleeps.waits)))
     assert len(sleeps.waits) == 2
+    assert [t.error.split(":")[0] if t.error else None for t in answer.tries] == ["APIError", "APIError", None]
+    assert "HTTP 500" in (answer.tries[0].error or "") and "HTTP 429" in (answer.tries[1].error or "")
+    assert all(t.start <= t.end for t in answer.tries)
     assert 0 <= sleeps.waits[0] <= 0.5  # after the 500: random below base
     assert sleeps.waits[1] >= 1.0  # after the 429: never sooner than its retry-after (1 s)
     assert requests(sim) == 3

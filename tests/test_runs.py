@@ -331,8 +331,8 @@ def test_threads_and_asyncio_beat_sequential(slow_target: Target) -> None:
     assert sequential.wall >= 4 * LATENCY
     assert threads.wall < 0.8 * sequential.wall
     assert concurrent.wall < 0.8 * sequential.wall
-    assert threads.speedup > 1.25 and concurrent.speedup > 1.25
-    assert 0.9 < sequential.speedup <= 1.0 + 1e-9
+    assert threads.overlap > 1.25 and concurrent.overlap > 1.25
+    assert 0.9 < sequential.overlap <= 1.0 + 1e-9
 
 
 # --- bad input is refused with a message that says what to change ------------------------------------------
@@ -444,7 +444,7 @@ def test_run_every_strategy(strategy: str, slow_target: Target) -> None:
     seen = stats(slow_target)
     assert seen["requests"] == len(ONE_WORD) and seen["by_status"] == {"200": len(ONE_WORD)}
     # The report's numbers hold together: no more in flight than allowed, so never better than ideal.
-    assert report.speedup <= report.peak_in_flight + 1e-9
+    assert report.overlap <= report.peak_in_flight + 1e-9
     assert report.efficiency <= 1.0 + 1e-9
     if strategy == "sequential":
         assert report.workers == 1
@@ -758,7 +758,7 @@ def test_report_numbers() -> None:
     assert [r.index for r in report.failures] == [1]
     assert report.sum_of_latencies == pytest.approx(4.0)
     assert report.slowest == pytest.approx(2.0)
-    assert report.speedup == pytest.approx(4.0 / 2.5)
+    assert report.overlap == pytest.approx(4.0 / 2.5)
     assert report.peak_in_flight == 3  # 0.5 - 1.0: all three
     assert report.ideal == pytest.approx(2.0)  # max(slowest 2.0, 4.0 / 2 workers)
     assert report.efficiency == pytest.approx(2.0 / 2.5)
@@ -778,14 +778,14 @@ def test_report_back_to_back_calls_do_not_overlap() -> None:
     records = [_record(0, 0.0, 1.0), _record(1, 1.0, 2.0), _record(2, 2.0, 2.5)]
     report = RunReport("sequential", records, wall=2.5, workers=1)
     assert report.peak_in_flight == 1
-    assert report.speedup == pytest.approx(1.0)
+    assert report.overlap == pytest.approx(1.0)
     assert report.ideal == pytest.approx(2.5) and report.efficiency == pytest.approx(1.0)
 
 
 def test_empty_report() -> None:
     report = RunReport("threads", [], wall=0.0, workers=3)
     assert (report.n, report.sum_of_latencies, report.slowest, report.peak_in_flight) == (0, 0, 0.0, 0)
-    assert report.ideal == 0.0 and report.efficiency == 0.0 and report.speedup == 0.0
+    assert report.ideal == 0.0 and report.efficiency == 0.0 and report.overlap == 0.0
 
 
 def test_summary_keys_and_values() -> None:
@@ -798,7 +798,7 @@ def test_summary_keys_and_values() -> None:
         "wall s",
         "sum of latencies s",
         "slowest s",
-        "speed-up",
+        "overlap",
         "efficiency",
         "peak in flight",
         "client CPU s",
@@ -806,13 +806,13 @@ def test_summary_keys_and_values() -> None:
     assert summary["run"] == "mine"
     assert (summary["calls"], summary["failed"], summary["peak in flight"]) == (2, 1, 2)
     assert summary["wall s"] == 1.25 and summary["sum of latencies s"] == 2.0 and summary["slowest s"] == 1.0
-    assert summary["speed-up"] == 1.6 and summary["efficiency"] == 0.8 and summary["client CPU s"] == 0.012
+    assert summary["overlap"] == 1.6 and summary["efficiency"] == 0.8 and summary["client CPU s"] == 0.012
 
 
 def test_report_repr_and_labels() -> None:
     assert RunReport("asyncio", [], wall=1.0).label == "asyncio"
     text = repr(RunReport("threads", [_record(0, 0.0, 1.0)], wall=1.0, workers=3))
-    assert "threads (3 workers)" in text and "1 calls" in text
+    assert "threads (3 workers)" in text and "1 call," in text
 
 
 def test_record_error_text_names_the_exception(target: Target) -> None:
