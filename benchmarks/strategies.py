@@ -489,10 +489,12 @@ def m_agent_max_concurrency(b: Bench, n: int, workers: int | None, repeats: int)
     return asyncio.run(go())
 
 
-def m_agent_shared_unsafe(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
-    """One Agent shared by all pool threads, each calling run_sync. Each repeat runs in a new child process,
-    because a hung thread cannot be stopped from Python but a process can; and a run of a shared agent leaves
-    it broken for the next. Each call has a timeout, each run a deadline; after a hang there are no repeats."""
+def m_agent_shared_model_unsafe(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
+    """The course material's pattern: ``Agent(model).run_sync(prompt)`` on pool threads, a new Agent for every call
+    over one model built once, so every thread's event loop shares the model's HTTP client. Each repeat runs in a
+    new child process, because a hung thread cannot be stopped from Python but a process can; and a run over a
+    shared model leaves its client broken for the next. Each call has a timeout, each run a deadline; after a
+    hang there are no repeats."""
     assert workers is not None
     out: list[Measurement] = []
     for _ in range(repeats):
@@ -594,21 +596,22 @@ def _unsafe_once(b: Bench, n: int, workers: int) -> Measurement:
 
 
 def child_unsafe(spec_text: str) -> None:
-    """The child of m_agent_shared_unsafe: one Agent, warmed up on the main thread, shared by a thread pool."""
+    """The child of m_agent_shared_model_unsafe: one model, warmed up on the main thread, and a new Agent over it
+    for every call on a thread pool."""
     from pydantic_ai import Agent
 
     spec = json.loads(spec_text)
     # The simulator is attached, so the target is not treated as a real provider (no quota guard, no 3-call cap).
     sim = simulator.Simulator.attach(spec["base_url"])
     target = Target(base_url=spec["base_url"], model=spec["model"], simulator=sim)
-    agent = Agent(target.chat_model())
-    agent.run_sync("Reply: warm")
+    model = target.chat_model()
+    Agent(model).run_sync("Reply: warm")
     print("READY", time.process_time(), flush=True)
     sys.stdin.readline()
     lock = threading.Lock()
 
     def call(prompt: str) -> Any:
-        return agent.run_sync(prompt, timeout=spec["timeout"]).output
+        return Agent(model).run_sync(prompt, timeout=spec["timeout"]).output
 
     def emit(record: Any) -> None:
         line = {
@@ -700,7 +703,7 @@ STRATEGIES = [
     Strategy(NAIVE, "a new httpx.AsyncClient per call, gather with no bound", m_naive_asyncio, bounded=False),
     Strategy(
         "agent-threads",
-        "pydantic-ai run_sync on a thread pool, one Agent per thread",
+        "pydantic-ai run_sync on a thread pool, one Agent and its own model (HTTP client) per thread",
         m_agent_threads,
         recommended=True,
     ),
@@ -717,7 +720,9 @@ STRATEGIES = [
         recommended=True,
     ),
     Strategy(
-        "agent-shared-unsafe", "UNSAFE: one Agent shared by all pool threads calling run_sync", m_agent_shared_unsafe
+        "agent-shared-model-unsafe",
+        "UNSAFE: Agent(model).run_sync(prompt) on pool threads, a new Agent a call over one shared model",
+        m_agent_shared_model_unsafe,
     ),
 ]
 BY_NAME = {s.name: s for s in STRATEGIES}
@@ -1064,7 +1069,7 @@ STYLE = {
     "agent-threads": ("#ff7f0e", "o", "-"),
     "agent-asyncio": ("#9467bd", "o", "-"),
     "agent-max-concurrency": ("#e377c2", "^", "-"),
-    "agent-shared-unsafe": ("#d62728", "X", "-."),
+    "agent-shared-model-unsafe": ("#d62728", "X", "-."),
 }
 
 
@@ -1112,7 +1117,7 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
             if not mine:
                 continue
             color, marker, line = STYLE.get(strategy.name, ("black", "o", "-"))
-            label = strategy.name + ("  (NOT SAFE)" if strategy.name == "agent-shared-unsafe" else "")
+            label = strategy.name + ("  (NOT SAFE)" if strategy.name == "agent-shared-model-unsafe" else "")
             xs, ys = [c.n for c in mine], [min(c.efficiency, 1.1) for c in mine]
             (h,) = ax.plot(
                 xs,
@@ -1218,8 +1223,8 @@ def write_results(out: Path, cells: list[Cell], meta: dict[str, Any]) -> None:
         f"Medians of {meta['repeats']} repeat(s). Warm: before the clock, each bounded strategy sent one batch of "
         "min(N, workers) calls at once, so its connections, worker threads and agents were open, started and "
         "built (the unbounded and naive strategies: one call, and none). Client CPU = CPU time of the benchmark "
-        "process during the run (of its child process for agent-shared-unsafe); server CPU = CPU time of the simulator "
-        "process (in brackets: share of one core over the wall time).",
+        "process during the run (of its child process for agent-shared-model-unsafe); server CPU = CPU time of the "
+        "simulator process (in brackets: share of one core over the wall time).",
         "",
         f"Machine: {env['cpus']} CPUs, Python {env['python']}, {env['platform']}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
@@ -1307,7 +1312,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=UNSAFE_CALL_TIMEOUT,
         metavar="SECONDS",
-        help="per-call timeout of agent-shared-unsafe (default 10)",
+        help="per-call timeout of agent-shared-model-unsafe (default 10)",
     )
     p.add_argument(
         "--render",

@@ -32,6 +32,7 @@ __all__ = [
     "AgentThreadPool",
     "Answer",
     "Attempt",
+    "SharedModelError",
     "CallRecord",
     "RunReport",
     "run",
@@ -869,12 +870,16 @@ def run_agent_threads(
     on_result: OnResult | None = None,
     cancel: threading.Event | None = None,
 ) -> RunReport:
-    """``agent.run_sync`` on a thread pool, with one agent per thread (lesson 04).
+    """``agent.run_sync`` on a thread pool, with one agent and one model per thread (lesson 04).
 
-    Each worker thread runs its own event loop, and an agent's HTTP client belongs to the loop that first used
-    it; so each thread builds its own agent with ``make_agent()`` (kept in a ``threading.local``). The loops are
-    made here rather than left to ``run_sync``, so that the agents' clients and the loops are closed at the end.
-    For batch after batch, :class:`AgentThreadPool` keeps the threads and their agents instead.
+    Each worker thread runs its own event loop, and a model's HTTP client (its connections) belongs to the loop
+    that first used it: a model shared by threads fails with "bound to a different event loop", whether or not
+    the agents over it are. So each thread calls ``make_agent()`` once, which must build the model too
+    (``lambda: Agent(target.chat_model())``, not ``lambda: Agent(model)``), and keeps the agent in a
+    ``threading.local``; an agent whose model another thread's agent already uses is refused with
+    :class:`SharedModelError`. The loops are made here rather than left to ``run_sync``, so that the agents'
+    clients and the loops are closed at the end. For batch after batch, :class:`AgentThreadPool` keeps the
+    threads and their agents instead.
     """
     agents = _ThreadAgents(make_agent)
 
@@ -892,7 +897,18 @@ def run_agent_threads(
     finally:
         # After an interrupt, calls may still be in flight on the loops: they are closed unwatched, once free.
         agents.close(wait=not interrupted)
+    _raise_shared_model(report)
     return _named(report, *name)
+
+
+class SharedModelError(ValueError):
+    """``make_agent`` returned an agent over a model that another thread's agent already uses (lesson 04)."""
+
+
+def _raise_shared_model(report: RunReport) -> None:
+    for record in report.records:
+        if isinstance(record.exception, SharedModelError):
+            raise SharedModelError(str(record.exception)) from None
 
 
 class _ThreadAgents:
@@ -903,6 +919,8 @@ class _ThreadAgents:
         self._local = threading.local()
         self._loops: list[asyncio.AbstractEventLoop] = []
         self._entered: list[tuple[asyncio.AbstractEventLoop, Any]] = []
+        self._models: list[Any] = []  # each thread's agent's model: no two threads may share one
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._loops)
@@ -915,6 +933,17 @@ class _ThreadAgents:
             asyncio.set_event_loop(loop)  # the loop run_sync uses in this thread
             self._loops.append(loop)
             agent = self._make_agent()
+            model = getattr(agent, "model", None)
+            if model is not None and not isinstance(model, str):
+                with self._lock:
+                    if any(model is other for other in self._models):
+                        raise SharedModelError(
+                            "make_agent returned an agent over a model that another thread's agent already uses: "
+                            "a model holds the HTTP client, whose connections belong to one event loop, so threads "
+                            "sharing it fail. Build the model inside make_agent, e.g. "
+                            "lambda: Agent(target.chat_model(), ...)."
+                        )
+                    self._models.append(model)
             if hasattr(agent, "__aenter__"):  # entered, so that leaving it closes its HTTP client
                 loop.run_until_complete(agent.__aenter__())
                 self._entered.append((loop, agent))
@@ -933,8 +962,9 @@ class _ThreadAgents:
 
 
 class AgentThreadPool:
-    """Worker threads that each keep their own agent, event loop and connections from one run to the next
-    (lesson 04; the benchmark's agent-threads).
+    """Worker threads that each keep their own agent, model, event loop and connections from one run to the next
+    (lesson 04; the benchmark's agent-threads). ``make_agent`` must build the model too, as for
+    :func:`run_agent_threads`: one model (HTTP client) per thread.
 
     ``run_agent_threads`` builds a pool, a loop and an agent per thread for one run and closes them after it.
     A program that runs batch after batch keeps them instead, as it keeps one HTTP client: then only the first
@@ -988,6 +1018,7 @@ class AgentThreadPool:
             report = run_threads(
                 self.call, prompts, order=order, on_result=on_result, cancel=cancel, executor=self._executor
             )
+        _raise_shared_model(report)
         return _named(report, *name)
 
     def close(self) -> None:

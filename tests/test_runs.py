@@ -560,6 +560,21 @@ def test_agent_thread_pool_keeps_its_agents_between_runs(target: Target) -> None
         pool.run(ORDERED)
 
 
+def test_agents_sharing_one_model_across_threads_are_refused(target: Target) -> None:
+    from pydantic_ai import Agent
+
+    from helpers.runs import SharedModelError
+
+    model = target.chat_model()  # built once, outside the threads: the course material's pitfall
+    with pytest.raises(SharedModelError, match="Build the model inside make_agent"):
+        run_agent_threads(lambda: Agent(model), ONE_WORD[:6], workers=3)
+    with AgentThreadPool(lambda: Agent(model), workers=2) as pool, pytest.raises(SharedModelError):
+        pool.warm()
+        pool.run(ONE_WORD[:4])
+    one_thread = run_agent_threads(lambda: Agent(model), ONE_WORD[:2], workers=1)  # one thread, one loop: fine
+    assert_answers(one_thread, ONE_WORD[:2])
+
+
 def test_agent_thread_pool_bad_input() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AgentThreadPool(lambda: None, workers=0)
