@@ -1,4 +1,4 @@
-"""Does the batch pipeline keep a rate limit busy while one call in five fails? (lesson 08)
+"""Does the batch pipeline keep a rate limit busy while one call in five fails? (lesson 09)
 
 Run by hand (not a test; it takes about a minute):
 

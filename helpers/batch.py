@@ -1,4 +1,4 @@
-"""A batch that survives: many items, bounded concurrency, retries, and a checkpoint to resume from (lesson 08).
+"""A batch that survives: many items, bounded concurrency, retries, and a checkpoint to resume from (lesson 09).
 
 :func:`run_batch` answers a list of items ``{"id": ..., "text": ...}`` with ``call(text)`` on a pool of threads
 (``run_threads`` from ``helpers.runs``), each call retried by ``helpers.retry`` and optionally paced by a
@@ -18,7 +18,7 @@ Against a real provider, ``target`` makes it safe: more workers than ``target.ma
 so is a batch that would not fit in what is left of the quota guard's budget, before any call.
 
 ``python -m helpers.batch ITEMS.jsonl CHECKPOINT.jsonl`` classifies a JSONL file of items from a shell (it is
-the same code; lesson 08 runs it in a process of its own and kills it half-way).
+the same code, for a shell or a scheduler).
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ class UsageAnswer(Answer):
     output_tokens: int | None = None
 
 
-# --- the call of lesson 08 ----------------------------------------------------------------------------------
+# --- the call of lesson 09 ----------------------------------------------------------------------------------
 
 
 def classify(client: httpx.Client, model: str, text: str, labels: Sequence[str] = LABELS) -> UsageAnswer:
-    """Ask for one label of ``labels`` for a customer message, as structured output (lesson 08).
+    """Ask for one label of ``labels`` for a customer message, as structured output (lesson 09).
 
     The request asks for JSON matching a schema whose ``label`` is one of ``labels`` (OpenAI's
     ``response_format``); the answer is that label, with the tokens the call used. An answer that is not one of
@@ -364,7 +364,7 @@ def run_batch(
     progress: bool = True,
     max_tokens: int | None = None,
 ) -> BatchReport:
-    """Answer every item with ``call(item["text"])``, safely: a checkpoint line per result (lesson 08).
+    """Answer every item with ``call(item["text"])``, safely: a checkpoint line per result (lesson 09).
 
     - ``workers`` threads call at once (``run_threads``); each call is tried up to ``attempts`` times with
       backoff from ``base`` seconds and at most ``max_wait`` seconds of waiting (``helpers.retry``; ``rng`` seeds

@@ -27,7 +27,7 @@ _DIGITS = frozenset("0123456789")
 
 
 def count_tokens(text: str) -> int:
-    """Tokens in ``text``, counted character by character in pure Python: CPU-bound (lesson 07).
+    """Tokens in ``text``, counted character by character in pure Python: CPU-bound (lesson 08).
 
     The same rule as the simulator's token counts: a run of letters is a token per 6 letters (rounded up), a
     run of digits a token per 3 digits, any other character that is not a space a token of its own. About a

@@ -1,4 +1,4 @@
-"""The quota guard: against a real provider every call costs money and counts against its limits (lesson 06).
+"""The quota guard: against a real provider every call costs money and counts against its limits (lesson 07).
 
 With a real provider (``LLM_BASE_URL`` set), every client a :class:`~helpers.settings.Target` builds (httpx,
 the openai SDK, pydantic-ai models) sends its requests through the guard, whatever the lesson code does:

@@ -54,7 +54,7 @@ STRATEGIES = {
     "threads-completion": "ThreadPoolExecutor.submit + as_completed: answers as they finish",
     "asyncio": "asyncio.gather with a semaphore: answers in input order",
     "asyncio-completion": "asyncio.as_completed with a semaphore: answers as they finish",
-    "agent-threads": "pydantic-ai run_sync on a thread pool, one agent per thread",
+    "agent-threads": "pydantic-ai run_sync on a thread pool, one agent and model per thread",
     "agent-asyncio": "pydantic-ai run with asyncio.gather and a semaphore",
     "agent-max-concurrency": "pydantic-ai run with asyncio.gather, limited by the agent's max_concurrency",
     "naive-threads": "one threading.Thread per prompt appending to a shared list (teaching example)",
@@ -76,7 +76,7 @@ class Attempt:
 
 @dataclass
 class Answer:
-    """What a call may return instead of plain text, to report retries, waiting and tokens (lessons 05-06).
+    """What a call may return instead of plain text, to report retries, waiting and tokens (lessons 05-07).
 
     ``waited`` is time spent waiting on the client: between tries (retries), or, with one try, before it (a
     throttle's turn). ``tries`` holds each try's times when they are known."""

@@ -1,4 +1,4 @@
-"""A requests-per-minute / tokens-per-minute throttle, for threads and for asyncio (lesson 06).
+"""A requests-per-minute / tokens-per-minute throttle, for threads and for asyncio (lesson 07).
 
 A concurrency cap (a semaphore, ``workers``) limits how many calls are *in flight*; a throttle limits how many
 *start per minute*, which is what a provider's RPM and TPM limits count. With short calls, three workers can

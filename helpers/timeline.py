@@ -203,9 +203,14 @@ def _baseline(reports: Sequence[RunReport], chosen: RunReport | None) -> RunRepo
     return next((r for r in reports if r.strategy == "sequential"), reports[0])
 
 
+def _same_work(one: RunReport, other: RunReport) -> bool:
+    return sorted(r.prompt for r in one.records) == sorted(r.prompt for r in other.records)
+
+
 def speedup_against(report: RunReport, baseline: RunReport | None) -> float | None:
-    """``baseline.wall / report.wall``: how many times faster this run was than the baseline (None: no baseline)."""
-    if baseline is None or report.wall <= 0 or baseline.wall <= 0:
+    """``baseline.wall / report.wall``: how many times faster this run was than the baseline. None without a
+    baseline, or when the two runs did not make the same calls (a speed-up compares the same work)."""
+    if baseline is None or report.wall <= 0 or baseline.wall <= 0 or not _same_work(report, baseline):
         return None
     return baseline.wall / report.wall
 
@@ -388,7 +393,7 @@ def _panel(
     # Labels: the prompt's index, and what went wrong, where there is room. With many calls, only the ones
     # worth a look (a failure, a retry) get one. White on a dark outline: readable on a bar and on hatching.
     if lane_px >= 11:
-        outline: list[patheffects.AbstractPathEffect] = [patheffects.withStroke(linewidth=2.4, foreground="#1F2A33")]
+        outline: list[patheffects.AbstractPathEffect] = [patheffects.withStroke(linewidth=2.0, foreground="#1F2A33")]
         for record, lane in zip(records, lanes.of, strict=True):
             if len(records) > _MAX_LABELS and record.ok and record.attempts <= 1:
                 continue
@@ -498,9 +503,9 @@ def draw(
     marks waiting to retry, blue hatching waiting for a turn (a throttle); a black dot marks when the caller
     received each result, with a dotted line when it was ready earlier but held back (``pool.map`` keeps
     answers in input order; ``gather`` hands everything over at the end). Each panel's title says how many
-    times faster (or slower) its run was than ``baseline``: by default the sequential run among ``reports``,
-    else the first. In a panel, the bars are one ``PolyCollection`` (gid ``"calls"``) with one path per record,
-    in index order.
+    times faster (or slower) its run was than ``baseline``, when the two made the same calls: by default the
+    sequential run among ``reports``, else the first. In a panel, the bars are one ``PolyCollection`` (gid
+    ``"calls"``) with one path per record, in index order.
     """
     if not reports:
         raise ValueError("draw() needs at least one RunReport, e.g. draw(sequential, threaded)")

@@ -156,7 +156,9 @@ else:
 from helpers import Target, run
 
 pretend_provider = Target(base_url="https://api.example.com/v1", model="some-model")
-print("simulator cap:", target.max_in_flight, "· real-provider cap:", pretend_provider.max_in_flight)
+cap = target.max_in_flight
+print("this target:", f"at most {cap} calls in flight" if cap else "no cap (the simulator costs nothing)")
+print("a real provider:", f"at most {pretend_provider.max_in_flight} calls in flight")
 try:
     run("threads", ["Reply: a"] * 10, target=pretend_provider, workers=10)
 except ValueError as error:
@@ -182,7 +184,11 @@ except ValueError as error:
 capital = None  # your code here
 
 # %%
-check(capital == "Paris", "the simulator knows its capitals.", "call ask(client, target.model, '...') and store the text.")
+check(
+    capital is not None and "paris" in plain(capital),
+    "Paris: the simulator knows its capitals (and so does a real model, in more words).",
+    "call ask(client, target.model, '...') and store the text.",
+)
 
 # %% [markdown]
 # **Exercise 0.2.** Send `"Tell me a story"` with `max_tokens` set to 12 (add `"max_tokens": 12` to the request
@@ -207,4 +213,8 @@ check(
 gamma = None  # your code here
 
 # %%
-check(gamma == "gamma", "the agent's output is the plain text answer.", "use (await agent.run('Reply: gamma')).output.")
+check(
+    gamma is not None and plain(gamma) == "gamma",
+    "the agent's output is the plain text answer.",
+    "use (await agent.run('Reply: gamma')).output.",
+)

@@ -22,7 +22,7 @@
 from pydantic_ai import Agent
 
 from helpers import ask, connect
-from helpers.exercises import check
+from helpers.exercises import check, plain
 
 target = connect(seed=0)
 client = target.client()
@@ -33,7 +33,11 @@ agent = Agent(target.chat_model())
 
 # %%
 capital = ask(client, target.model, "What is the capital of France?")
-check(capital == "Paris", "the simulator knows its capitals.", "call ask(client, target.model, '...') and store the text.")
+check(
+    capital is not None and "paris" in plain(capital),
+    "Paris: the simulator knows its capitals (and so does a real model, in more words).",
+    "call ask(client, target.model, '...') and store the text.",
+)
 
 # %% [markdown]
 # **Exercise 0.2.** `max_tokens` caps the answer. The model was not done: `finish_reason` is `"length"`, which
@@ -54,4 +58,8 @@ check(
 
 # %%
 gamma = (await agent.run("Reply: gamma")).output
-check(gamma == "gamma", "the agent's output is the plain text answer.", "use (await agent.run('Reply: gamma')).output.")
+check(
+    gamma is not None and plain(gamma) == "gamma",
+    "the agent's output is the plain text answer.",
+    "use (await agent.run('Reply: gamma')).output.",
+)

@@ -121,8 +121,9 @@ draw(sequential, threaded, title="The same three calls: one after another, then 
 
 # %% [markdown]
 # The top panel is a staircase: one lane, each call waiting for the one before. The bottom panel has three lanes
-# and the bars overlap; the run ends when the longest bar ends. The table says the same in numbers
-# (speed-up = sum of latencies ÷ wall time):
+# and the bars overlap; the run ends when the longest bar ends. Its title says how many times faster it was than
+# the sequential run: the sequential wall time divided by its own. The table says the same in numbers, and adds
+# the **overlap** (the sum of latencies ÷ the wall time), which is how many calls were in flight on average:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -163,36 +164,51 @@ def count(_: object) -> int:
     return total
 
 
-start = time.perf_counter()
-for job in range(3):
-    count(job)
-cpu_sequential = time.perf_counter() - start
+def clocked(work) -> tuple[float, float]:
+    """Run ``work()``; return the seconds it took on the wall clock and the CPU seconds the process used."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
-start = time.perf_counter()
-with ThreadPoolExecutor(max_workers=3) as pool:
-    list(pool.map(count, range(3)))
-cpu_threaded = time.perf_counter() - start
+
+def on_three_threads() -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(count, range(3)))
+
+
+one_wall, one_cpu = clocked(lambda: [count(job) for job in range(3)])
+three_wall, three_cpu = clocked(on_three_threads)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print(f"CPU-bound work: sequential {cpu_sequential:.2f} s · three threads {cpu_threaded:.2f} s")
-
-# %%
-assert cpu_threaded > 0.6 * cpu_sequential  # nowhere near 3× faster: threads do not speed up pure-Python computing
+print(f"one after another: {one_wall:.2f} s, {one_cpu / one_wall:.2f} s of CPU per second")
+print(f"three threads:     {three_wall:.2f} s, {three_cpu / three_wall:.2f} s of CPU per second")
 
 # %% [markdown]
-# No gain: the threads took turns. LLM calls are the first kind of work, **I/O-bound**: the time goes to waiting
-# for a server, so threads (and asyncio, lesson 03) help a lot. For CPU-bound work in Python you need processes
-# (lesson 07).
+# CPU seconds per second of wall time say how many cores' worth the process computed at once. Three threads
+# could keep several cores busy; they used no more than one core's worth, as the single thread did. That is the
+# GIL: only the thread holding it runs Python code, so the threads took turns, and three threads cannot beat
+# one. (The wall times above also depend on whatever else your machine is doing; the CPU rate of one Python
+# process never goes past one, whatever it is doing.)
+
+# %%
+assert three_cpu / three_wall < 1.15  # never more than one core's worth at once: the threads took turns
+
+# %% [markdown]
+# LLM calls are the first kind of work, **I/O-bound**: the time goes to waiting for a server, so threads (and
+# asyncio, lesson 03) help a lot. For CPU-bound work in Python you need processes (lesson 08). (Python 3.13 and
+# later also come in a *free-threaded* build without the GIL, where threads can compute on several cores at
+# once; there, `sys._is_gil_enabled()` says which kind you are running. The workbook's Python has the GIL.)
 #
 # ## Summary
 #
 # - Calls one after another take the **sum** of their latencies; calls at once take about the **slowest** one.
 # - `ThreadPoolExecutor(max_workers=3)` with `pool.map` runs three calls at once and keeps the answers in input
 #   order.
-# - A timeline shows it at a glance: a staircase for sequential, overlapping bars for parallel.
+# - A timeline shows it at a glance: a staircase for sequential, overlapping bars for parallel. Speed-up is one
+#   run's wall time against another's; overlap (sum of latencies ÷ wall) is the calls in flight on average.
 # - A thread waiting for the network releases the GIL and costs almost no CPU; CPU-bound Python code does not
-#   release it, so threads do not speed it up.
+#   release it, so threads never compute more than one core's worth at once, and do not speed it up.
 # - Parallel calls save time, not tokens: the three calls cost the same either way.
 #
 # ## Exercises

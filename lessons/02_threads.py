@@ -23,8 +23,8 @@
 # - see what goes wrong with one `threading.Thread` per prompt and a shared list;
 # - use `ThreadPoolExecutor.map`, where `answers[i]` always belongs to `prompts[i]`;
 # - use `submit` + `as_completed` to handle each answer as soon as it arrives, fastest first;
-# - use `max_workers` as a cap on calls in flight, and read the staircase it draws;
-# - watch threads fail to speed up CPU-bound work.
+# - use `max_workers` as a cap on calls in flight, and read the staircase it draws, with equal and with uneven
+#   latencies.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -188,10 +188,15 @@ if target.is_simulator:
 
 # %%
 nine = [f"Reply: answer {i}" for i in range(9)]
+peaks = {}
 if target.is_simulator:
     target.simulator.configure(fault_on={}, latency=0.4)
+    target.simulator.reset()
     three_workers = run_threads(call, nine, workers=3)
+    peaks[3] = target.simulator.stats(records=False)["peak_in_flight"]  # what the server saw at once
+    target.simulator.reset()
     nine_workers = run_threads(call, nine, workers=9)
+    peaks[9] = target.simulator.stats(records=False)["peak_in_flight"]
 else:  # the quota guard allows 3 calls in flight: show the staircase with 1 and 3 workers instead
     three_workers = run_threads(call, nine[:3], workers=1)
     nine_workers = run_threads(call, nine[:3], workers=3)
@@ -200,19 +205,57 @@ draw(three_workers, nine_workers, title=title if target.is_simulator else "Three
 
 # %% [markdown]
 # Three rounds of three: about 3 × 0.4 s. The server agrees: it never saw more than three of these calls at once
-# during the first run. In general the wall time is about `ceil(N / max_workers) × latency`.
+# during the first run, and all nine at once during the second. When every call takes the same time, the wall
+# time is about `ceil(N / max_workers) × latency`.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print(f"3 workers: {three_workers.wall:.2f} s · 9 workers: {nine_workers.wall:.2f} s")
+print(f"3 workers: {three_workers.wall:.2f} s · 9 workers: {nine_workers.wall:.2f} s · server peaks {peaks}")
 
 # %%
 import math
 
 if target.is_simulator:
-    assert three_workers.peak_in_flight == 3 and nine_workers.peak_in_flight == 9
+    assert peaks == {3: 3, 9: 9}
     assert three_workers.wall > 0.9 * math.ceil(9 / 3) * 0.4  # three rounds
 assert nine_workers.wall < 0.6 * three_workers.wall
+
+# %% [markdown]
+# Real calls do not take the same time. With uneven latencies there are no rounds: a pool hands the next prompt to
+# whichever thread is free first, so a long call holds one thread while the others work through the short ones.
+# The rounds formula then says little. Two bounds always hold: the run takes at least the longest call and at
+# least the total work shared out evenly (`sum of latencies / max_workers`), and at most that share plus the
+# longest call.
+#
+# **Predict:** nine calls on three workers, one long (36 words to write) and eight short ones (2 to 6 words). Will
+# the run take three rounds of their mean latency?
+
+# %%
+uneven = ["Reply: " + " ".join(["word"] * n) for n in (36, 2, 5, 3, 6, 2, 4, 3, 2)]  # 0.1 s + 0.05 s a word
+if target.is_simulator:
+    target.simulator.configure(latency=None)
+    uneven_run = run_threads(call, uneven, workers=3)
+else:
+    uneven_run = run_threads(call, uneven[:3], workers=3)
+draw(uneven_run, title="Uneven latencies on 3 workers: no rounds, a free thread takes the next prompt")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+rounds = math.ceil(uneven_run.n / 3) * uneven_run.sum_of_latencies / uneven_run.n
+share = uneven_run.sum_of_latencies / 3
+print(f"three rounds of the mean latency: {rounds:.2f} s · the longest call: {uneven_run.slowest:.2f} s")
+print(f"bounds: at least {max(uneven_run.slowest, share):.2f} s, at most {share + uneven_run.slowest:.2f} s")
+print(f"measured: {uneven_run.wall:.2f} s")
+
+# %%
+assert max(uneven_run.slowest, share) - 0.02 <= uneven_run.wall <= share + uneven_run.slowest + 0.1  # the bounds
+if target.is_simulator:
+    assert uneven_run.wall > 1.2 * rounds  # the rounds formula is far off ...
+    assert uneven_run.wall < uneven_run.slowest + 0.25  # ... the run took about as long as its longest call
+
+# %% [markdown]
+# The long call set the pace: while it ran, the two other threads worked through the eight short ones, so the run
+# took about as long as the long call, well over three rounds of the mean latency and inside the two bounds.
 
 # %% [markdown]
 # **Try it.** The panel below runs the same nine calls with the number of workers you choose. Move the slider,
@@ -227,35 +270,7 @@ Lab(target, show=("workers",), prompts=9, profile="fixed", latency=0.4, workers=
 
 # %% [markdown]
 # Against a real provider that cap is your friend: every call in flight takes a slot of your rate limit, so the
-# workbook keeps `max_workers` at 3 there. More workers only help while the provider keeps up (lesson 06).
-#
-# ## 2.5 Threads and CPU-bound work
-#
-# The same pool, now with work that computes instead of waiting. The timeline tells the story:
-
-# %%
-from helpers import run_sequential
-
-
-def count(_: str) -> int:
-    total = 0
-    for i in range(2_000_000):
-        total += i % 7
-    return total
-
-
-cpu_sequential = run_sequential(count, ["job"] * 3)
-cpu_threads = run_threads(count, ["job"] * 3, workers=3)
-draw(cpu_sequential, cpu_threads, title="CPU-bound work: three threads take turns on one interpreter")
-
-# %%
-assert cpu_threads.wall > 0.6 * cpu_sequential.wall  # nowhere near the 3× that waiting calls get
-
-# %% [markdown]
-# The bars overlap, but each one is about three times longer: the threads share the interpreter (the GIL) and
-# take turns, so the run takes about as long as before. (The "speed-up" in the title divides the sum of these
-# stretched bars by the wall time, so it means nothing here: compare the two wall times instead.) Threads help when calls *wait*; for computing, use processes
-# (lesson 07).
+# workbook keeps `max_workers` at 3 there. More workers only help while the provider keeps up (lesson 07).
 #
 # ## Summary
 #
@@ -263,8 +278,9 @@ assert cpu_threads.wall > 0.6 * cpu_sequential.wall  # nowhere near the 3× that
 # - `ThreadPoolExecutor.map` keeps `answers[i]` with `prompts[i]`; make the mapped function return errors
 #   instead of raising them, or `map` stops your loop at the first one.
 # - `submit` + `as_completed` gives each answer as soon as it is ready; each future holds its own exception.
-# - `max_workers` caps the calls in flight: wall time ≈ `ceil(N / max_workers) × latency`, a staircase.
-# - Threads do not speed up CPU-bound Python code.
+# - `max_workers` caps the calls in flight. With equal latencies the run is a staircase of
+#   `ceil(N / max_workers)` rounds; with uneven ones it takes between `max(slowest, sum / max_workers)` and
+#   `sum / max_workers + slowest`.
 #
 # ## Exercises
 #

@@ -23,6 +23,7 @@
 # - see what `gather`, `gather(return_exceptions=True)` and `TaskGroup` each do when one call fails;
 # - cap the calls in flight with a semaphore;
 # - measure why a new `AsyncClient` per call is slow;
+# - use the same pattern with the openai SDK's `AsyncOpenAI`, and see its own retries at work;
 # - understand why `asyncio.run()` fails in Jupyter, and what `nest_asyncio2.apply()` changes;
 # - choose between threads and asyncio.
 
@@ -245,9 +246,77 @@ if target.is_simulator:  # with only 3 calls the difference is too small to chec
 # %% [markdown]
 # The per-call version starts its calls in a slope and they all end together, long after their answers were
 # ready: the one thread is so busy building clients that it neither sends the later requests nor reads the answers
-# that have arrived. At 1000 calls it is fifteen times slower than the same calls on small shared clients (see 3.8).
+# that have arrived. At 1000 calls it is fifteen times slower than the same calls on small shared clients (see 3.9).
 #
-# ## 3.7 `asyncio.run()` inside Jupyter
+# ## 3.7 The same with the openai SDK
+#
+# Most code does not post JSON by hand: it calls the official SDK. `openai.AsyncOpenAI` is one client with its own
+# connection pool (on `httpx2`, the SDK's fork of httpx): build it once and share it between all the tasks, exactly
+# like the `AsyncClient` above. The cap stays yours, a semaphore. (`target.async_openai_client()` builds one
+# pointed at this lesson's endpoint; elsewhere it is `openai.AsyncOpenAI(base_url=..., api_key=...)`.)
+#
+# **Predict:** the server fails the second request with a 500. What does `gather` return?
+
+# %%
+sdk = target.async_openai_client()
+sdk_semaphore = asyncio.Semaphore(3)
+
+
+async def ask_sdk(prompt: str) -> str:
+    async with sdk_semaphore:
+        reply = await sdk.chat.completions.create(model=target.model, messages=[{"role": "user", "content": prompt}])
+        return reply.choices[0].message.content
+
+
+if target.is_simulator:
+    target.simulator.configure(latency=0.05)
+    target.simulator.reset()
+    target.simulator.configure(script={2: "500"})  # the second request this server sees fails
+sdk_answers = await asyncio.gather(*(ask_sdk(p) for p in nine))
+print("answers:", [plain(a) for a in sdk_answers])
+if target.is_simulator:
+    seen = target.simulator.stats(records=False)
+    target.simulator.configure(script={})
+    print(f"the server saw {seen['requests']} requests for {len(nine)} calls: {dict(sorted(seen['by_status'].items()))}")
+assert [plain(a) for a in sdk_answers] == [f"answer {i}" for i in range(9)]
+if target.is_simulator:
+    assert seen["requests"] == 10 and seen["retries_seen"] == 1 and seen["by_status"] == {"200": 9, "500": 1}
+
+# %% [markdown]
+# Nine answers and no error: the SDK met the 500 and tried again by itself (twice at most, by default), after a
+# short wait. That is kind for one call and a trap for a batch: the retry counts against your rate limit, its wait
+# hides in your timings, and a retry loop of your own around it multiplies the requests. Lesson 06 shows where
+# retries belong.
+#
+# What does the SDK cost the client, next to a bare `httpx` post? It builds typed objects from every answer, and
+# its connection pool is not httpx's. The same forty calls, ten in flight, through each client, measured with the
+# CPU clock:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+async def sdk_call(prompt: str) -> str:
+    reply = await sdk.chat.completions.create(model=target.model, messages=[{"role": "user", "content": prompt}])
+    return reply.choices[0].message.content
+
+
+by_httpx = await run_async(call, forty, limit=10)
+by_sdk = await run_async(sdk_call, forty, limit=10)
+for name, report in (("httpx.AsyncClient", by_httpx), ("openai.AsyncOpenAI", by_sdk)):
+    print(f"{name:19} {report.cpu / report.n * 1000:4.1f} ms of client CPU a call, wall {report.wall:.2f} s")
+cheaper = "the SDK" if by_sdk.cpu < by_httpx.cpu else "httpx"
+print(f"cheaper here: {cheaper}")
+
+# %%
+assert by_httpx.answers == by_sdk.answers and not by_sdk.failures
+assert max(by_httpx.cpu, by_sdk.cpu) / len(forty) < 0.02  # milliseconds of CPU a call, however it is built
+
+# %% [markdown]
+# Either way the client's work is a few milliseconds, small next to a call that waits for its answer; which
+# one is cheaper depends on the pools underneath as much as on the SDK (this lesson's `client` has room for 100
+# connections, and 3.9 shows what that costs httpx). It still sets a limit: one Python process can drive only so
+# many calls a second.
+#
+# ## 3.8 `asyncio.run()` inside Jupyter
 #
 # In a script you start the event loop yourself with `asyncio.run(main())`. In Jupyter a loop is already
 # running (that is what makes top-level `await` work), and `asyncio.run()` refuses to start a second one in the
@@ -282,7 +351,7 @@ nest_asyncio2.apply()
 asyncio.run(main())
 
 # %% [markdown]
-# ## 3.8 Threads or asyncio?
+# ## 3.9 Threads or asyncio?
 #
 # Both make many waiting calls overlap; for a handful of calls they are equally fast. Choose by how the code
 # reads and by scale:
@@ -296,25 +365,47 @@ asyncio.run(main())
 # | at 1000s of calls | fine up to a few dozen threads | fine, if calls are bounded and each client keeps a small pool |
 #
 # The workbook's benchmark (`benchmarks/strategies.py`, run by hand) measures all of them against the simulator
-# at 0.5 s per call, up to 1000 calls (table in `benchmarks/results/strategies.md`). For 1000 calls:
+# at 0.5 s per call, up to 1000 calls (table in `benchmarks/results/strategies.md`; httpx 0.28.1, httpx2 2.16.2).
+# For 1000 calls:
 #
 # | 1000 calls | in flight | wall | ideal | client CPU |
 # |---|---:|---:|---:|---:|
 # | threads, one shared `httpx.Client` | 32 | 16.2 s | 16 s | 0.8 s |
 # | asyncio + semaphore, one shared `AsyncClient` | 32 | 16.2 s | 16 s | 1.2 s |
+# | threads, one shared `httpx.Client` | 100 | 5.2 s | 5 s | 1.1 s |
 # | asyncio + semaphore, one shared `AsyncClient` | 100 | 17.2 s | 5 s | 15.7 s |
+# | asyncio + semaphore, one shared `httpx2.AsyncClient` (the SDK's) | 100 | 5.4 s | 5 s | 0.9 s |
+# | asyncio + semaphore, 13 `AsyncClient`s of 8 connections | 100 | 5.3 s | 5 s | 0.8 s |
 # | asyncio + semaphore, 40 `AsyncClient`s of 8 connections | 320 | 2.2 s | 2 s | 0.8 s |
 # | asyncio, 125 `AsyncClient`s of 8 connections, all at once | 1000 | 1.3 s | 0.5 s | 1.0 s |
 # | one shared `AsyncClient`, unbounded `gather` | pool of 100 | 9.5 s | 0.5 s | 8.5 s |
 # | a new `AsyncClient` per call, unbounded | 1000 | 20.2 s | 0.5 s | 19.7 s |
 #
-# A **shared, bounded** client stays at the ideal time, threads or asyncio alike. Past a few dozen calls in
-# flight the *client's CPU* becomes the bottleneck: each time a request joins or leaves httpx's async connection
-# pool, the pool checks every connection against every waiting request, so one pool of 100 connections burns
-# thirteen times the CPU per call of a pool of 32. For hundreds of calls in flight, spread them over several small
-# clients (125 clients of 8 connections ran 1000 calls, all at once, in 1.3 s: 15× faster than a client per call).
+# A **shared, bounded** client stays at the ideal time, threads or asyncio alike, up to a few dozen calls in
+# flight. Past that the *client's CPU* becomes the bottleneck, and one cost stands out: httpx 0.28's async
+# connection pool. Each time a request joins or leaves it, the pool checks every connection against every waiting
+# request, so one pool of 100 connections burned thirteen times the CPU per call of a pool of 32 (15.7 ms against
+# 1.2 ms), while 100 threads on one *sync* `httpx.Client` did not. That is httpx's cost, not asyncio's: `httpx2`,
+# the fork inside the openai SDK and pydantic-ai, rewrote its pool, and one `httpx2` client of 100 connections
+# stayed at 0.9 ms a call (it too grows costly at 320 connections and more: 2.1 ms a call at 320, 7.3 ms at 1000).
+#
+# With plain httpx, spread hundreds of calls in flight over several small clients, built once before the batch
+# (each costs tens of milliseconds of CPU to build), and deal the calls out among them. The fastest row above is
+# built like this:
+#
+# ```python
+# clients = [target.async_client(connections=8) for _ in range(125)]  # 125 pools of 8 connections
+# semaphore = asyncio.Semaphore(1000)
+#
+# async def spread(i: int, prompt: str) -> str:
+#     async with semaphore:
+#         return await ask_async(clients[i % len(clients)], prompt)
+#
+# answers = await asyncio.gather(*(spread(i, p) for i, p in enumerate(prompts)))
+# ```
+#
 # A client per call is the slowest of all. Bound your calls, and against a real provider let its rate limit set
-# the bound (lesson 06).
+# the bound (lesson 07).
 #
 # ## Summary
 #
@@ -323,15 +414,16 @@ asyncio.run(main())
 # - On failure: plain `gather` raises the first error, `return_exceptions=True` keeps every result, `TaskGroup`
 #   cancels the rest. For independent calls, keep every result.
 # - `asyncio.Semaphore(n)` caps the calls in flight, like `max_workers`.
-# - Build one `AsyncClient` and share it; a client per call burns CPU and wastes connections.
+# - Build one `AsyncClient` and share it; a client per call burns CPU and wastes connections. The same goes for
+#   the SDK's `AsyncOpenAI`, which also retries failed requests by itself.
 # - `asyncio.run()` fails inside Jupyter's running loop; `await` instead, or `nest_asyncio2.apply()`.
 #
 # ## Exercises
 #
 # Solutions are in `03_asyncio_solutions.ipynb`.
 #
-# **Exercise 3.1.** Write `first_answer(prompts)`: it starts all calls at once and returns the text of the
-# **first** answer to arrive.
+# **Exercise 3.1.** Write `first_answer(prompts)`: it starts all calls at once, returns the text of the **first**
+# answer to arrive, and cancels the calls still running (the server should not be left working on them).
 
 
 # %%
@@ -342,10 +434,14 @@ async def first_answer(prompts: list[str]) -> str:
 # %%
 if target.is_simulator:
     target.simulator.configure(latency=None)
+first = await first_answer(prompts)
+await asyncio.sleep(0.2)  # a moment for the server to see the cancelled calls hang up
+left = target.simulator.stats(records=False)["in_flight"] if target.is_simulator else 0
 check(
-    await first_answer(prompts) == "short",
-    "as_completed yields the fastest call first.",
-    "loop over asyncio.as_completed(...) and return the first result you await.",
+    plain(first) == "short" and left == 0,
+    "as_completed yields the fastest call first, and the others were cancelled.",
+    "make a task per prompt, loop over asyncio.as_completed(tasks), return the first result, and cancel the "
+    "other tasks on the way out (try/finally)." + (f" ({left} calls are still running at the server.)" if left else ""),
 )
 
 # %% [markdown]
@@ -363,7 +459,8 @@ if target.is_simulator:
     target.simulator.reset()
 got = await bounded_gather([f"Reply: {i}" for i in range(6)], limit=2)
 check(
-    got == [str(i) for i in range(6)] and (not target.is_simulator or target.simulator.stats(records=False)["peak_in_flight"] <= 2),
+    [plain(answer) for answer in got] == [str(i) for i in range(6)]
+    and (not target.is_simulator or target.simulator.stats(records=False)["peak_in_flight"] <= 2),
     "input order from gather, at most two in flight thanks to the semaphore.",
     "create asyncio.Semaphore(limit), wrap each call in `async with semaphore:`, and gather them.",
 )

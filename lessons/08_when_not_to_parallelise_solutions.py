@@ -13,9 +13,9 @@
 # ---
 
 # %% [markdown]
-# # 07 · When not to parallelise: solutions
+# # 08 · When not to parallelise: solutions
 #
-# Worked solutions to the exercises of `07_when_not_to_parallelise.ipynb`. The first cell rebuilds the lesson's
+# Worked solutions to the exercises of `08_when_not_to_parallelise.ipynb`. The first cell rebuilds the lesson's
 # setup: the same simulator settings, clients and `call`.
 
 # %%
@@ -43,7 +43,7 @@ def call(prompt: str) -> str:
 
 
 # %% [markdown]
-# **Exercise 7.1.** Inside `talk`, each question is written from the answer before it, so each turn is awaited
+# **Exercise 8.1.** Inside `talk`, each question is written from the answer before it, so each turn is awaited
 # before the next is written; the conversation keeps growing, as a chat does. The three conversations do not
 # depend on each other, so `gather` runs them side by side.
 
@@ -71,7 +71,7 @@ check(
 )
 
 # %% [markdown]
-# **Exercise 7.2.** Twelve threads send all twelve calls at once, but the server serves three at a time and
+# **Exercise 8.2.** Twelve threads send all twelve calls at once, but the server serves three at a time and
 # queues the rest: `ceil(12 / 3) = 4` rounds of 0.2 s. The number of threads does not matter once it exceeds the
 # capacity.
 
@@ -94,7 +94,7 @@ else:
     print("Skipped with a real provider: its capacity is not yours to set.")
 
 # %% [markdown]
-# **Exercise 7.3.** `ProcessPoolExecutor.map` works like the thread pool's: results in input order. The function
+# **Exercise 8.3.** `ProcessPoolExecutor.map` works like the thread pool's: results in input order. The function
 # it runs, `count_tokens`, comes from a module, so the spawned worker processes can import it.
 
 

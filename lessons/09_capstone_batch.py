@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · Capstone: a batch that survives
+# # 09 · Capstone: a batch that survives
 #
 # Two hundred customer messages must each get a label: billing, technical, account or feedback. Sequentially that
 # is 200 calls end to end; in parallel it is a few seconds. But a real batch also meets failing calls, a laptop
@@ -21,9 +21,10 @@
 # one pipeline that is fast *and* loses nothing.
 #
 # **In this lesson you will**
-# - classify 200 messages with bounded concurrency, retries and a progress bar, answers in input order;
-# - save every result to a checkpoint file the moment it arrives, one complete line at a time;
-# - kill the batch half-way for real, run it again, and see that only the missing items are called;
+# - write a checkpointed batch yourself: a bounded pool, one line of JSON per finished item, skip what is saved;
+# - kill it half-way for real, run it again, and see that only the missing items are called;
+# - hand over to the workbook's pipeline for what the small loop lacks: retries, a throttle, repair of a cut
+#   line, progress;
 # - keep failures as results, and retry them when the cause is gone;
 # - read the final report: counts, attempts, tokens, cost and the timeline;
 # - run the same code against a real provider, on three items, inside the quota guard.
@@ -38,7 +39,7 @@ target = connect(seed=8, profile="fixed", latency=0.06)
 environment(target)
 
 # %% [markdown]
-# ## 8.1 The messages and the call
+# ## 9.1 The messages and the call
 #
 # The workbook comes with 200 short messages written for this lesson (`data/messages.jsonl`), one JSON object a
 # line with an `id`, the `text`, and the label a person would give it:
@@ -75,30 +76,12 @@ call(items[0]["text"])
 # its labels are right only by luck. A real model gets most of them right; that is not what this lesson
 # measures.)
 #
-# ## 8.2 Start the batch, and kill it half-way
+# ## 9.2 A checkpointed batch, by hand
 #
 # First, a server with trouble, as real ones have: one request in seven fails with a 500 or a 503 (worth a
 # retry), and two messages, the ones that mention PayPal and Zapier, fail every time.
 
 # %%
-if target.is_simulator:
-    target.simulator.configure(
-        fail_rate=0.15, fail_kinds=["500", "503"], fault_on={"PayPal": "500", "Zapier": "503"}
-    )
-
-# %% [markdown]
-# The pipeline is `helpers.run_batch`. It runs the calls on a pool of threads (`run_threads`, lesson 02), retries
-# each with backoff (`helpers.retry`), and appends every result, answer or final error, to a **checkpoint**: a
-# JSONL file with one line per item, keyed by its id. Each line is written with a single `write` and then
-# `fsync`ed, so once a line is in the file it survives a crash of the process, and even of the machine.
-#
-# A long batch usually runs as a script in a process of its own. Here it is `python -m helpers.batch`, which
-# runs `run_batch` with `classify` on the 200 messages. We start it, wait until about half of the results are
-# saved, and kill it with `SIGKILL` (the same as `kill -9`): no cleanup, no last words. (Pressing the stop button
-# while `run_batch` runs in the kernel is gentler, and the file is just as safe: what was written stays written.)
-
-# %%
-# NBVAL_IGNORE_OUTPUT
 import os
 import subprocess
 import sys
@@ -106,30 +89,119 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers.batch import read_checkpoint
+if target.is_simulator:
+    target.simulator.configure(
+        fail_rate=0.15, fail_kinds=["500", "503"], fault_on={"PayPal": "500", "Zapier": "503"}
+    )
+folder = Path(tempfile.mkdtemp(prefix="lesson09-"))  # a temporary folder, not the repository
+script, checkpoint = folder / "my_batch.py", folder / "labels.jsonl"
 
-checkpoint = Path(tempfile.mkdtemp(prefix="lesson08-")) / "labels.jsonl"  # a temporary folder, not the repository
+# %% [markdown]
+# Before the workbook's pipeline, write the heart of one yourself. A batch that survives a crash needs three
+# things: a bounded pool of workers (lesson 02), a **checkpoint** to which each result is appended as one line of
+# JSON the moment it arrives, and, at the start, a look at the checkpoint to skip the items it already holds. A
+# long batch usually runs as a script in a process of its own, so the cell below writes it to a file
+# (`%%writefile`); it takes the items and the checkpoint as arguments. A failed call is written too: a failure is a
+# result, and a rerun should not mistake it for an item never tried.
+
+# %%
+# %%writefile {script}
+"""Classify every message of a JSONL file into a checkpoint, one JSON line per finished item; rerun to resume."""
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from helpers import connect
+from helpers.batch import classify, load_items
+
+items, checkpoint = load_items(sys.argv[1]), Path(sys.argv[2])
+target = connect()  # the simulator, or the endpoint LLM_BASE_URL names
+client = target.client(connections=8)
+
+done = set()  # the ids the checkpoint holds already: skip them
+if checkpoint.exists():
+    for line in checkpoint.read_text().splitlines():
+        done.add(json.loads(line)["id"])
+todo = [item for item in items if item["id"] not in done]
+
+
+def one(item: dict) -> dict:
+    try:
+        label = classify(client, target.model, item["text"])  # the label, and the tokens it cost
+    except Exception as error:  # a failure is a result too
+        return {"id": item["id"], "ok": False, "error": f"{type(error).__name__}: {error}"[:200]}
+    return {"id": item["id"], "ok": True, "answer": label.text, "input_tokens": label.input_tokens,
+            "output_tokens": label.output_tokens}
+
+
+with open(checkpoint, "a") as out, ThreadPoolExecutor(max_workers=8) as pool:
+    for future in as_completed([pool.submit(one, item) for item in todo]):
+        out.write(json.dumps(future.result()) + "\n")
+        out.flush()  # handed to the operating system now: the process can die, the line stays
+print(f"{len(done)} items were done already; {len(todo)} done now")
+
+# %% [markdown]
+# Now start it on the 200 messages, wait until about half of the results are saved, and kill it with `SIGKILL`
+# (the same as `kill -9`): no cleanup, no last words. Then run it again, as you would after a crash.
+#
+# **Predict:** how many requests will the second run send?
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.batch import read_checkpoint
 
 if target.is_simulator:
     env = os.environ | {"LLM_BASE_URL": target.base_url, "LLM_MODEL": target.model}
-    command = [sys.executable, "-m", "helpers.batch", str(DATASET), str(checkpoint)]
-    command += ["--workers", "8", "--attempts", "5", "--base", "0.05", "--no-progress"]
-    batch = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while len(read_checkpoint(checkpoint)) < 100 and batch.poll() is None:
+    command = [sys.executable, str(script), str(DATASET), str(checkpoint)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while len(read_checkpoint(checkpoint)) < 100 and first.poll() is None:
         time.sleep(0.01)
-    batch.kill()  # SIGKILL: the process ends at once, wherever it was
-    batch.wait()
-    print(f"killed with {len(read_checkpoint(checkpoint))} of {len(items)} results saved")
+    first.kill()  # SIGKILL: the process ends at once, wherever it was
+    first.wait()
+    after_kill = read_checkpoint(checkpoint)
+    print(f"killed with {len(after_kill)} of {len(items)} results saved")
+    target.simulator.reset()  # count the second run's requests only
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    print("the second run:", second.stdout.strip() or second.stderr[-500:])
+    sent = target.simulator.stats()
+    print(f"it sent {sent['requests']} requests")
 else:
-    print("Against a real provider the batch is not run in a second process (it would have its own quota guard).")
+    print("Against a real provider the script is not run (a second process would have a quota guard of its own).")
 
 # %% [markdown]
-# What did the kill leave? Complete lines, one per finished item. The calls that were in flight are lost: their
-# answers never reached the file, so nothing claims they were done.
+# The kill left complete lines, one per finished item; the calls in flight were lost, and nothing claims they
+# were done. The second run read the checkpoint, skipped those items, and called only the others, one request
+# each. Every item now has exactly one line:
+
+# %%
+if target.is_simulator:
+    saved = read_checkpoint(checkpoint)
+    lines_per_id = Counter(entry["id"] for entry in saved)
+    missing = {item["text"][:80] for item in items if item["id"] not in {e["id"] for e in after_kill}}
+    assert 100 <= len(after_kill) < len(items) and second.returncode == 0
+    assert set(lines_per_id) == {item["id"] for item in items} and set(lines_per_id.values()) == {1}
+    assert {record["prompt"] for record in sent["records"]} == missing  # the server keeps 80 characters
+    assert sent["requests"] == len(missing)  # one request an item: this small loop never retries
+    print(f"{sum(not e['ok'] for e in saved)} of the {len(saved)} lines are failures")
+
+# %% [markdown]
+# ## 9.3 What the small loop lacks: `run_batch`
 #
-# A checkpoint can also end in half a line: a power cut before the data reached the disk, a full disk, or a
-# program that writes each line in several pieces and dies between them. That is rare, so we do it by hand: cut
-# the end of the last line off.
+# Thirty lines survive a `kill -9`. A batch you run for real needs more, and the small loop has none of it:
+#
+# - **retries** with backoff: it saved every passing 500 and 503 as a failure, and will never try them again;
+# - a **throttle** for the provider's rate limit (lesson 07), and the quota guard's checks before the first call;
+# - **`fsync`**: `flush` hands a line to the operating system, which survives the process dying, but a power cut
+#   can still lose what the disk had not been given yet;
+# - **repair of a cut line**: a crash in the middle of a write (or a full disk) leaves half a line at the end, and
+#   the loop would append the next result to it, gluing two lines into one that is neither;
+# - a **progress bar**, a **report** (counts, attempts, tokens, cost, a timeline), and answers in input order.
+#
+# `helpers.run_batch` is the same loop with those added: a thread pool (`run_threads`, lesson 02), retries
+# (`helpers.retry`, lesson 06), an optional throttle, and a checkpoint in the same format, each line written with
+# a single `write` and then `fsync`ed. So it can take over this very checkpoint. To see the repair, first cut the
+# end of the last line off, as a crash in the middle of a write would leave it:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -139,49 +211,47 @@ if target.is_simulator:
     print(checkpoint.read_text()[-220:])
 saved = read_checkpoint(checkpoint)  # the complete lines only
 
-# %%
-if target.is_simulator:
-    assert 100 <= len(saved) + 1 < len(items)  # about half, and the cut line is not counted
-    assert len({entry["id"] for entry in saved}) == len(saved)  # each item at most once
-
 # %% [markdown]
-# ## 8.3 Run it again: only the missing items are called
+# **Predict:** `run_batch` on the same checkpoint, with `retry_failed=True` and up to 5 attempts a call. Which
+# items will it call?
 #
-# **Predict:** the same call to `run_batch` as a fresh batch, on the same checkpoint. How many requests will the
-# server see?
-#
-# `run_batch` reads the checkpoint first. Items with a result are skipped; the cut last line is reported, removed,
-# and its item is done again. The progress bar starts from what the checkpoint already holds. The simulator's
-# stats are reset first, so they count only this run.
+# It reads the checkpoint first. Items whose last line is an answer are skipped; those whose last line is a failure
+# are called again (`retry_failed=True`); the cut last line is reported, removed, and its item done again. The
+# progress bar starts from what the checkpoint already holds.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from helpers import run_batch
 
-batch_items = items if target.is_simulator else items[:3]  # a real provider: three items (see 8.7)
+batch_items = items if target.is_simulator else items[:3]  # a real provider: three items (see 9.7)
 workers = 8 if target.is_simulator else 3  # the quota guard allows 3 calls in flight
 if target.is_simulator:
     target.simulator.reset()
 report = run_batch(
-    call, batch_items, checkpoint=checkpoint, workers=workers, target=target, attempts=5, base=0.05, rng=8
+    call,
+    batch_items,
+    checkpoint=checkpoint,
+    workers=workers,
+    target=target,
+    retry_failed=True,
+    attempts=5,
+    base=0.05,
+    rng=8,
 )
-
-# %%
-# NBVAL_IGNORE_OUTPUT
 print(report.describe())
 
 # %% [markdown]
-# The server's side of the story: the prompts it received are exactly the texts of the items the checkpoint did
-# not have, and every attempt (first tries and retries) is one request.
+# The server's side of the story: the prompts it received are exactly the items without an answer in the
+# checkpoint, and every attempt (first tries and retries) is one request.
 
 # %%
 if target.is_simulator:
     stats = target.simulator.stats()
-    done_before = {entry["id"] for entry in saved}
-    missing = {item["text"][:80] for item in items if item["id"] not in done_before}  # the server keeps 80 characters
-    assert {record["prompt"] for record in stats["records"]} == missing  # only the missing items were called
-    assert report.skipped == len(saved) and report.answered + report.failed == len(missing)
-    assert stats["requests"] == report.attempts > len(missing)  # the retries show
+    last = {entry["id"]: entry for entry in saved}  # the last line of each id counts
+    to_call = {item["text"][:80] for item in items if item["id"] not in last or not last[item["id"]]["ok"]}
+    assert {record["prompt"] for record in stats["records"]} == to_call  # only those were called
+    assert report.answered + report.failed == len(to_call) and report.skipped == len(items) - len(to_call)
+    assert stats["requests"] == report.attempts > len(to_call)  # the retries show
     assert report.repaired is not None and "cut short" in report.repaired
 assert report.remaining == 0
 
@@ -200,14 +270,14 @@ if target.is_simulator:
     assert failed_ids == {item["id"] for item in items if "PayPal" in item["text"] or "Zapier" in item["text"]}
 
 # %% [markdown]
-# ## 8.4 Failures are results too
+# ## 9.4 Failures are results too
 #
 # A call that still fails after its retries is not dropped: its final error goes into the checkpoint like an
 # answer, with the number of attempts. So nothing is silently lost, and a rerun does not hammer a server that
-# keeps refusing the same item.
+# keeps refusing the same item. `report.results` holds each item's result, its last line in the checkpoint:
 
 # %%
-failures = sorted((e for e in read_checkpoint(checkpoint) if not e["ok"]), key=lambda e: e["id"])
+failures = [entry for entry in report.results if entry is not None and not entry["ok"]]
 for entry in failures:
     print(f"{entry['id']}: {entry['attempts']} attempts, {entry['error'][:64]}")
 
@@ -230,7 +300,7 @@ if target.is_simulator:
     assert target.simulator.stats(records=False)["by_status"]["200"] == len(failures) == 2
 
 # %% [markdown]
-# ## 8.5 Run it once more: nothing to do
+# ## 9.5 Run it once more: nothing to do
 #
 # **Predict:** the batch is complete. What does one more run cost?
 
@@ -250,17 +320,19 @@ if target.is_simulator:
 # finish?") is free. That property has a name, **idempotent**, and it is what makes a batch safe to restart
 # without thinking.
 #
-# ## 8.6 The report and the timeline
+# ## 9.6 The report and the timeline
 #
 # `run_batch` returns a `BatchReport`: this run's counts (answered, failed, skipped because the checkpoint had
-# them, attempts, tokens, cost) and its calls, which `draw` shows like any other run. The resumed run above:
-# eight lanes, one per worker, each bar one item (`#76` is `items[76]`, id `m077`) with all its attempts; orange
-# hatching is the wait before a retry; the two vermillion bars are the items that failed five times.
+# them, attempts, tokens, cost) and its calls, which `draw` shows like any other run. In the first panel, the run
+# that took over from the small loop: one lane per worker, each bar one item with all its tries, labelled with its
+# position in `items` (`#76` is `items[76]`, id `m077`, one of the two that fail every time); each vermillion
+# stretch is a failed try, orange hatching the wait before the next. In the second, the retry of the last two
+# failures once the server had stopped failing them.
 
 # %%
 from helpers import draw
 
-draw(report, retried, title="The resumed batch (8 workers, retries) and the retry of its failures")
+draw(report, retried, title="run_batch taking over the checkpoint, then retrying its last two failures")
 
 # %% [markdown]
 # For the whole batch, read the checkpoint: the last line of each id is its result. The simulator's model has no
@@ -281,7 +353,7 @@ print(f"at gpt-4o-mini list prices ({PRICES_AS_OF}): about ${cost:.6f}, or ${cos
 assert len(final) == len(batch_items) and all(entry["ok"] for entry in final.values())
 
 # %% [markdown]
-# ## 8.7 The same code against a real provider
+# ## 9.7 The same code against a real provider
 #
 # Pointed at a real provider (`LLM_BASE_URL` set), the cells above ran on the first three messages with three
 # workers. `run_batch` takes the `target` for two checks before any call: no more workers than
@@ -313,21 +385,24 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# - A batch that survives writes each result the moment it arrives: one complete line per item, `fsync`ed,
-#   keyed by id. A crash then costs at most the calls in flight.
+# - A batch that survives writes each result the moment it arrives: one complete line per item, keyed by id. Thirty
+#   lines do it (a bounded pool, a write and a flush per result, a first look at the checkpoint), and a `kill -9`
+#   then costs at most the calls in flight.
+# - `run_batch` is that loop with what a real batch needs on top: retries, a throttle, `fsync`, repair of a cut
+#   line, progress, a report, and the quota guard's checks.
 # - Resume by reading the checkpoint first: call only the items without a result. A half-written last line is
 #   reported, removed and its item done again; a complete batch makes no call at all (idempotent).
 # - Failures are results: the final error is saved with its attempts, and `retry_failed=True` retries them later.
-# - Bounded concurrency (a thread pool), retries with backoff and a throttle are the pieces of lessons 02-06;
+# - Bounded concurrency (a thread pool), retries with backoff and a throttle are the pieces of lessons 02-07;
 #   the checkpoint keeps answers in input order whichever run and whichever thread produced them.
 # - Against a real provider the same code keeps three calls in flight, and the quota guard refuses a batch that
 #   would not fit before the first call.
 #
 # ## Exercises
 #
-# Solutions are in `08_capstone_batch_solutions.ipynb`.
+# Solutions are in `09_capstone_batch_solutions.ipynb`.
 #
-# **Exercise 8.1.** Write `failed_ids(path)`: the ids whose **last** line in a checkpoint is a failure. (An item
+# **Exercise 9.1.** Write `failed_ids(path)`: the ids whose **last** line in a checkpoint is a failure. (An item
 # that failed and then succeeded on a retry is not failed.) `read_checkpoint(path)` gives the lines in order.
 
 # %%
@@ -362,7 +437,7 @@ check(
 )
 
 # %% [markdown]
-# **Exercise 8.2.** Six messages with `rpm=240` (four requests a second, evenly spaced) and three workers. Predict
+# **Exercise 9.2.** Six messages with `rpm=240` (four requests a second, evenly spaced) and three workers. Predict
 # the wall time in seconds and store it in `predicted_wall`; the check then runs it.
 
 # %%
@@ -379,7 +454,7 @@ check(
 )
 
 # %% [markdown]
-# **Exercise 8.3.** Process `items[:9]` into a new checkpoint in slices: call `run_batch` with `limit=3` again and
+# **Exercise 9.3.** Process `items[:9]` into a new checkpoint in slices: call `run_batch` with `limit=3` again and
 # again until nothing remains. Store the number of runs it took in `runs`, and the number of items answered in
 # each run in `per_run`.
 

@@ -13,9 +13,9 @@
 # ---
 
 # %% [markdown]
-# # 08 · Capstone: a batch that survives: solutions
+# # 09 · Capstone: a batch that survives: solutions
 #
-# Worked solutions to the exercises of `08_capstone_batch.ipynb`. The first cell rebuilds the lesson's setup: the
+# Worked solutions to the exercises of `09_capstone_batch.ipynb`. The first cell rebuilds the lesson's setup: the
 # same simulator settings, messages and `call`, and a temporary folder for the checkpoints.
 
 # %%
@@ -39,7 +39,7 @@ def call(text: str) -> UsageAnswer:
 checkpoint = Path(tempfile.mkdtemp(prefix="lesson08-")) / "labels.jsonl"
 
 # %% [markdown]
-# **Exercise 8.1.** Read the lines in order into a dictionary keyed by id: a later line for the same id replaces
+# **Exercise 9.1.** Read the lines in order into a dictionary keyed by id: a later line for the same id replaces
 # the earlier one, so what remains is each item's last result.
 
 # %%
@@ -72,7 +72,7 @@ check(
 )
 
 # %% [markdown]
-# **Exercise 8.2.** Three workers could start three calls at once, but the throttle lets one start every
+# **Exercise 9.2.** Three workers could start three calls at once, but the throttle lets one start every
 # 60 / 240 = 0.25 s. The sixth call starts after five gaps, at 1.25 s, and the run ends when it returns: the
 # calls themselves add only their latency.
 
@@ -88,7 +88,7 @@ check(
 )
 
 # %% [markdown]
-# **Exercise 8.3.** Each run reads the checkpoint, skips what it holds, and takes the next three items still to
+# **Exercise 9.3.** Each run reads the checkpoint, skips what it holds, and takes the next three items still to
 # do; `remaining` says how many are left.
 
 # %%

@@ -54,7 +54,7 @@ def test_no_base_url_gives_the_shared_simulator() -> None:
     assert target.model == "sim-1"
     assert target.api_key is None
     assert target.max_in_flight is None
-    assert "simulator" in target.describe() and "simulator" in repr(target)
+    assert "the built-in LLM simulator" in target.describe() and "simulator" in repr(target)
     config = target.simulator.config()
     assert (config["seed"], config["latency"], config["profile"]) == (5, 0.02, "fixed")
 
@@ -111,6 +111,7 @@ def test_base_url_of_a_keyed_simulator_is_detected_and_key_never_shown(keyed: si
         str(target.simulator.config()),
     )
     assert "key=<set>" in repr(target)
+    assert "started by hand" in target.describe() and "built-in" not in target.describe()
 
     with target.client() as client:
         answer = client.post(

@@ -313,3 +313,10 @@ def test_failed_bars_say_what_failed(error: str, label: str) -> None:
     from helpers.timeline import _error_kind
 
     assert _error_kind(error) == label
+
+
+def test_no_speed_up_between_runs_of_different_calls() -> None:
+    big = RunReport("threads", [CallRecord(i, f"p{i}", 0.0, 0.5, "thread_0") for i in range(8)], 4.0, workers=1)
+    small = RunReport("threads", [CallRecord(0, "p0", 0.0, 0.5, "thread_0")], 0.5, workers=1, label="small")
+    assert "faster" not in draw(big, small).axes[1].get_title(loc="left")
+    assert summary_table(big, small).rows[1]["speed-up"] is None
