@@ -490,7 +490,7 @@ def m_agent_max_concurrency(b: Bench, n: int, workers: int | None, repeats: int)
 
 
 def m_agent_shared_model_unsafe(b: Bench, n: int, workers: int | None, repeats: int) -> list[Measurement]:
-    """The course material's pattern: ``Agent(model).run_sync(prompt)`` on pool threads, a new Agent for every call
+    """The usual tutorial pattern: ``Agent(model).run_sync(prompt)`` on pool threads, a new Agent for every call
     over one model built once, so every thread's event loop shares the model's HTTP client. Each repeat runs in a
     new child process, because a hung thread cannot be stopped from Python but a process can; and a run over a
     shared model leaves its client broken for the next. Each call has a timeout, each run a deadline; after a

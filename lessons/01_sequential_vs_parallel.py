@@ -188,8 +188,8 @@ print(f"three threads:     {three_wall:.2f} s, {three_cpu / three_wall:.2f} s of
 # CPU seconds per second of wall time say how many cores' worth the process computed at once. Three threads
 # could keep several cores busy; they used no more than one core's worth, as the single thread did. That is the
 # GIL: only the thread holding it runs Python code, so the threads took turns, and three threads cannot beat
-# one. (The wall times above also depend on whatever else your machine is doing; the CPU rate of one Python
-# process never goes past one, whatever it is doing.)
+# one. (The wall times above also depend on whatever else your machine is doing; threads running pure-Python code
+# never go past one core's worth, whatever it is doing.)
 
 # %%
 assert three_cpu / three_wall < 1.15  # never more than one core's worth at once: the threads took turns

@@ -31,7 +31,8 @@
 from helpers import connect
 from helpers.exercises import check, environment
 
-# Fixed speed: a call takes 0.1 s plus 0.05 s per word of its answer, so longer answers take longer.
+# Fixed speed: a call takes 0.1 s plus 0.05 s per token of its answer (a token is about a word), so longer
+# answers take longer.
 target = connect(seed=2, profile="fixed", ttft=0.1, tokens_per_second=20)
 environment(target)
 
@@ -92,8 +93,9 @@ results
 #
 # 1. **Order.** The list fills in the order the calls *finish*. `results[0]` is not the answer to `prompts[0]`.
 # 2. **Errors swallowed.** One entry is `None`. Which prompt failed, and why? The exception is gone.
-# 3. **No cap.** A thread per prompt means a call in flight per prompt: 1000 prompts, 1000 simultaneous calls,
-#    and a provider that answers most of them with "429 Too Many Requests".
+# 3. **No cap.** A thread per prompt: 1000 prompts, 1000 threads asking at once. Only the client's connection
+#    pool stands between them and the provider (100 connections by default), and the provider answers most of
+#    them with "429 Too Many Requests".
 
 # %%
 if target.is_simulator:

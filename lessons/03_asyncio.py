@@ -32,7 +32,7 @@
 from helpers import connect
 from helpers.exercises import check, environment, plain
 
-# Fixed speed: a call takes 0.1 s plus 0.05 s per word of its answer.
+# Fixed speed: a call takes 0.1 s plus 0.05 s per token of its answer (a token is about a word).
 target = connect(seed=3, profile="fixed", ttft=0.1, tokens_per_second=20)
 environment(target)
 
@@ -93,8 +93,8 @@ print(f"gather took {gather_wall:.2f} s")
 
 # %%
 assert plain(answers[1]) == "short"  # input order, whatever finished first
-if target.is_simulator:  # the simulator's latencies are known: 1.0 s, 0.25 s and 0.4 s
-    assert 0.9 < gather_wall < 1.4  # about the slowest call (≈ 1.0 s), not the sum (≈ 1.6 s)
+if target.is_simulator:  # the simulator's latencies are known: about 1.05 s, 0.15 s and 0.4 s
+    assert 0.9 < gather_wall < 1.4  # about the slowest call (≈ 1.05 s), not the sum (≈ 1.6 s)
 
 # %% [markdown]
 # One thread, three calls in flight. While the first call waits for its answer, the loop sends the second and the
@@ -184,7 +184,8 @@ if target.is_simulator:
 #
 # ## 3.5 A semaphore caps the calls in flight
 #
-# `gather` starts everything at once: 1000 prompts, 1000 calls in flight. An `asyncio.Semaphore(3)` lets at most
+# `gather` starts everything at once: 1000 prompts, 1000 requests at the same moment (the client's pool lets out
+# as many as it has connections, 100 by default, and holds the rest in its own queue). An `asyncio.Semaphore(3)` lets at most
 # three coroutines past `async with semaphore:` at a time; the rest wait their turn. It plays the role of
 # `max_workers`.
 
@@ -362,7 +363,7 @@ asyncio.run(main())
 # | libraries | any blocking SDK | needs async clients (`httpx.AsyncClient`, `AsyncOpenAI`, `agent.run`) |
 # | cap | `max_workers` | `asyncio.Semaphore(n)` |
 # | cost per call in flight | a thread (stack, OS scheduling) | a small object on one thread |
-# | at 1000s of calls | fine up to a few dozen threads | fine, if calls are bounded and each client keeps a small pool |
+# | at 1000s of calls | fine up to about 100 threads (the benchmark's largest pool) | fine, if calls are bounded and each client keeps a small pool |
 #
 # The workbook's benchmark (`benchmarks/strategies.py`, run by hand) measures all of them against the simulator
 # at 0.5 s per call, up to 1000 calls (table in `benchmarks/results/strategies.md`; httpx 0.28.1, httpx2 2.16.2).

@@ -18,13 +18,13 @@
 # Agent frameworks hide the HTTP request, not the waiting. A pydantic-ai agent call is still one (or a few)
 # network round trips, so everything from lessons 01–03 applies: run independent agent calls side by side.
 # There is one trap specific to agents used from threads, and this lesson walks into it on purpose, in the very
-# form the course material writes.
+# form tutorials write it.
 #
 # **In this lesson you will**
 # - classify texts with an agent whose output is a typed pydantic model;
 # - run many agent calls with `asyncio.gather` and a semaphore, and with the agent's own `max_concurrency`;
-# - run `agent.run_sync` on a thread pool, see the course material's pattern fail across threads, and learn the
-#   rule that fixes it: one model (HTTP client) per event loop.
+# - run `agent.run_sync` on a thread pool, see the usual tutorial pattern fail across threads, and learn the rule
+#   that fixes it: one model (HTTP client) per event loop.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -136,7 +136,7 @@ if target.is_simulator:
 # ## 4.4 `run_sync` on a thread pool
 #
 # `agent.run_sync(...)` is the blocking version: it runs `agent.run` on an event loop and returns. That is what
-# the thread-pool recipe wants, so the course material this lesson builds on writes
+# the thread-pool recipe wants, and many tutorials write it like this:
 #
 # ```python
 # def call(prompt):
@@ -161,7 +161,7 @@ except RuntimeError as error:
 # **Predict:** `call` builds a new `Agent` for every prompt, so no agent is ever used by two threads. Ninety quick
 # calls (0.05 s each) on three threads, exactly as above, with `model` built once as 4.1 advised: how many fail?
 # (Each call is limited to 5 s and the whole run to 30 s, so that a call caught in a trap fails instead of
-# hanging: the `timeout=5` is the only change to the course's code.)
+# hanging: the `timeout=5` is the only change to the tutorial's code.)
 
 # %%
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -171,7 +171,7 @@ if target.is_simulator:
 many = reviews * 15 if target.is_simulator else reviews[:3]  # a real provider: 3 calls, to save quota
 
 
-def call(prompt: str) -> str:  # the course material's pattern: a new agent per call, one model for all
+def call(prompt: str) -> str:  # the tutorial's pattern: a new agent per call, one model for all
     return Agent(model).run_sync(prompt, timeout=5).output
 
 
@@ -202,7 +202,7 @@ if target.is_simulator:  # 90 calls make the failure certain; a real provider's 
 # loop that opened it. Three threads, three loops, one pool: sooner or later a connection opened on one thread's
 # loop is handed to a call on another's, and the call fails with "bound to a different event loop" (or, at large
 # scale, hangs). pydantic-ai does give a model a fresh client when the loop it last used has stopped, but not
-# while that loop still runs in another thread, and on a thread pool it always does.
+# while that loop is still running a call in another thread, which on a busy pool is most of the time.
 #
 # So the usual fix, one agent per thread in a `threading.local`, fails just the same when the agents share one
 # model:

@@ -125,9 +125,10 @@ if sweep:
     best = max(rates, key=rates.get)
     beyond = [rates[w] for w in rates if w > best]
     if beyond:
-        trend = "fell" if max(beyond) < 0.9 * rates[best] else "stayed about level"
-        print(f"the most: {rates[best]:.1f} calls/s with {best} workers; with more, throughput {trend} "
-              f"({min(beyond):.1f}-{max(beyond):.1f} calls/s) against a limit of {LIMIT:.0f}")
+        print(
+            f"the most: {rates[best]:.1f} calls/s with {best} workers; with more workers, "
+            f"{min(beyond):.1f} to {max(beyond):.1f} calls/s, against a limit of {LIMIT:.0f}"
+        )
 
 # %%
 if sweep:
@@ -140,8 +141,8 @@ if sweep:
     assert refused[16] > refused[4] > 0  # past it, the extra workers collect 429s
 
 # %% [markdown]
-# Up to the limit, more workers mean more calls per second. Past it they never mean more, and the last line above
-# says what they did to throughput in this run: the extra workers send requests that come back as 429s, then sit
+# Up to the limit, more workers mean more calls per second. Past it they never mean more (the last line above says
+# what they did in this run): the extra workers send requests that come back as 429s, then sit
 # out their backoff, sometimes while the bucket refills for nobody. Every one of those 429s was a request: it
 # cost a round trip, it may count against the limit itself at some providers, and it makes the run's timing
 # unpredictable. A limit enforced over short windows makes bursts worse still: parallel calls never fit more
@@ -188,7 +189,6 @@ if target.is_simulator:
     target.simulator.reset()
     throttled["asyncio"] = await run_async(throttled_acall, sixteen, limit=16)
     throttled["asyncio 429s"] = target.simulator.stats(records=False)["by_status"].get("429", 0)
-    print("429s with a throttle: threads", throttled["threads 429s"], "· asyncio", throttled["asyncio 429s"])
 else:  # a real provider: three calls, 120 a minute at most, so half a second apart
     throttle = Throttle(rpm=120)
 
@@ -219,18 +219,24 @@ if target.is_simulator:
 
 # %%
 if target.is_simulator:
-    assert throttled["threads 429s"] == 0 and throttled["asyncio 429s"] == 0  # no 429 at all ...
-    assert not throttled["threads"].failures and not throttled["asyncio"].failures
     for kind in ("threads", "asyncio"):
+        refused = throttled[kind + " 429s"]
+        assert refused <= 2 and refused < unthrottled_refused / 5  # no 429s, or on a busy machine one or two ...
+        assert len(throttled[kind].failures) == refused  # (without retries, a refused call is a failure)
         assert throttled[kind].n / throttled[kind].wall > 0.7 * LIMIT  # ... and close to the limit
 else:
     assert throttle.waited > 1.2 and not throttled["threads"].failures  # 0, 0.5 and 1 s: half a second apart
 
 # %% [markdown]
-# No 429s, and close to the limit: the cell above prints each run's calls per second, without a single refused
-# request for the throttled ones. In the first run the calls go out, are refused, wait and try again (each
-# vermillion stretch is a refused try, each orange mark another request); in the second each call waits once for
-# its turn, on the client, where it costs nothing, and the turns make a staircase at the limit's pace. Keep both tools, they answer different questions:
+# No 429s, or on a busy machine one or two, and close to the limit (the counts are printed above).
+# Why one or two? The throttle paces the calls by the client's clock: a call whose thread or event loop is held
+# up past its turn can reach the server together with the next call, and a bucket as small as this server's
+# refuses the second. That is why retries stay, below. The throttle runs a little under the limit on purpose (90
+# %), so it can be a little slower than the retries were; the panel titles compare the two runs. What it buys is
+# not speed: (almost) no request refused, and a pace you can predict. In the first
+# run the calls go out, are refused, wait and try again (each vermillion stretch is a refused try, each orange mark
+# another request); in the second each call waits once for its turn, on the client, where it costs nothing, and
+# the turns make a staircase at the limit's pace. Keep both tools, they answer different questions:
 #
 # | | concurrency cap (`max_workers`, `Semaphore`) | throttle (`Throttle(rpm=..., tpm=...)`) |
 # |---|---|---|
@@ -373,7 +379,7 @@ if target.is_simulator:
 #   burst can be refused although the minute's total is under the limit: pace the calls, do not count on a
 #   minute's worth at once.
 # - A throttle (`Throttle.acquire()`, `await acquire_async()`) starts each call only when the limit has room:
-#   no 429s, at about the limit's pace. A cap on calls in flight (`max_workers`, a semaphore) is not a cap on
+#   (almost) no 429s, at about the limit's pace. A cap on calls in flight (`max_workers`, a semaphore) is not a cap on
 #   calls per minute; keep both, and keep retries for what still gets through.
 # - Parallel calls cost the same tokens as sequential ones: they save time, not money.
 # - Against a real provider the quota guard caps calls in flight and refuses a run, or a call, that would go
@@ -384,8 +390,8 @@ if target.is_simulator:
 # Solutions are in `07_throughput_throttling_cost_solutions.ipynb`.
 #
 # **Exercise 7.1.** The simulator now allows 48,000 tokens a minute, and `short_call` uses 30 tokens. Make
-# `throttle` a `Throttle` that lets 16 workers run sixteen calls with **no 429** and at least 75 % of the calls
-# per second the limit allows.
+# `throttle` a `Throttle` on requests (`Throttle(rpm=...)`) that lets 16 workers run sixteen calls with **no 429**
+# and at least 75 % of the calls per second the limit allows.
 
 # %%
 throttle = None  # your throttle
@@ -404,7 +410,7 @@ if target.is_simulator and throttle is not None:
     target.simulator.configure(tpm=None, burst=60)
     right = exercise_refused == 0 and exercise.n / exercise.wall >= 0.75 * 48_000 / 60 / 30
 else:
-    right = throttle is not None and throttle.rpm <= 48_000 / 30
+    right = throttle is not None and throttle.rpm is not None and throttle.rpm <= 48_000 / 30
 check(
     right,
     "no 429s, close to the limit: the throttle waits so the server does not have to refuse.",

@@ -256,8 +256,8 @@ print(f"{cores()} CPU cores; {len(texts)} texts of {len(texts[0]):,} characters;
 # per second of wall time, that is, how many cores' worth it used at once. `Machine` also measures how much of the
 # machine other programs used meanwhile.
 #
-# **Predict:** four texts, a tenth of a second or so each. Sequential, two threads, two processes: how many cores'
-# worth will each use?
+# **Predict:** four texts, each a fraction of a second of counting. Sequential, two threads, two processes: how
+# many cores' worth will each use?
 
 # %%
 from helpers import run_sequential, run_threads
@@ -316,6 +316,7 @@ assert thread_rate < 1.15  # threads: one core's worth at most, busy machine or 
 assert cpu_processes.cpu < 0.3 * cpu_processes.wall  # with processes, this process only waits
 if workers >= 2 and free is not None and free >= 1.5:
     assert process_rate > 1.3  # processes: more than one core's worth at once, when two cores are free
+    print(f"Checked: the processes counted {process_rate:.2f} cores' worth at once, with {free:.1f} cores free.")
 else:
     print(f"Not checked: processes can only beat one core when {workers} cores are free, and "
           f"{'this machine has ' + str(cores()) + ' core(s)' if workers < 2 else 'other programs used them'}"

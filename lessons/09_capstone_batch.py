@@ -225,8 +225,7 @@ from helpers import run_batch
 
 batch_items = items if target.is_simulator else items[:3]  # a real provider: three items (see 9.7)
 workers = 8 if target.is_simulator else 3  # the quota guard allows 3 calls in flight
-if target.is_simulator:
-    target.simulator.reset()
+seen_before = target.simulator.stats(records=False)["requests"] if target.is_simulator else 0
 report = run_batch(
     call,
     batch_items,
@@ -241,17 +240,17 @@ report = run_batch(
 print(report.describe())
 
 # %% [markdown]
-# The server's side of the story: the prompts it received are exactly the items without an answer in the
-# checkpoint, and every attempt (first tries and retries) is one request.
+# The server's side of the story, its records of this run's requests: the prompts it received are exactly the items
+# without an answer in the checkpoint, and every attempt (first tries and retries) is one request.
 
 # %%
 if target.is_simulator:
-    stats = target.simulator.stats()
+    this_run = [record for record in target.simulator.stats()["records"] if record["n"] > seen_before]
     last = {entry["id"]: entry for entry in saved}  # the last line of each id counts
     to_call = {item["text"][:80] for item in items if item["id"] not in last or not last[item["id"]]["ok"]}
-    assert {record["prompt"] for record in stats["records"]} == to_call  # only those were called
+    assert {record["prompt"] for record in this_run} == to_call  # only those were called
     assert report.answered + report.failed == len(to_call) and report.skipped == len(items) - len(to_call)
-    assert stats["requests"] == report.attempts > len(to_call)  # the retries show
+    assert len(this_run) == report.attempts > len(to_call)  # the retries show
     assert report.repaired is not None and "cut short" in report.repaired
 assert report.remaining == 0
 
@@ -444,9 +443,9 @@ check(
 predicted_wall = None  # your prediction
 
 # %%
-paced = run_batch(
-    call, items[:6], checkpoint=checkpoint.with_name("paced.jsonl"), workers=3, target=target, rpm=240, progress=False
-)
+paced_checkpoint = checkpoint.with_name("paced.jsonl")
+paced_checkpoint.unlink(missing_ok=True)  # a fresh checkpoint every time the check runs
+paced = run_batch(call, items[:6], checkpoint=paced_checkpoint, workers=3, target=target, rpm=240, progress=False)
 check(
     predicted_wall is not None and abs(predicted_wall - paced.wall) < 0.3 * paced.wall,
     "the first call starts at once, then one every 0.25 s: about 5 × 0.25 s, plus the last call.",
@@ -460,6 +459,7 @@ check(
 
 # %%
 sliced = checkpoint.with_name("sliced.jsonl")
+sliced.unlink(missing_ok=True)  # a fresh checkpoint every time this cell runs
 runs, per_run = 0, []  # your code here
 
 # %%

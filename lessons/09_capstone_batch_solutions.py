@@ -78,9 +78,9 @@ check(
 
 # %%
 predicted_wall = 5 * 60 / 240
-paced = run_batch(
-    call, items[:6], checkpoint=checkpoint.with_name("paced.jsonl"), workers=3, target=target, rpm=240, progress=False
-)
+paced_checkpoint = checkpoint.with_name("paced.jsonl")
+paced_checkpoint.unlink(missing_ok=True)  # a fresh checkpoint every time the check runs
+paced = run_batch(call, items[:6], checkpoint=paced_checkpoint, workers=3, target=target, rpm=240, progress=False)
 check(
     predicted_wall is not None and abs(predicted_wall - paced.wall) < 0.3 * paced.wall,
     "the first call starts at once, then one every 0.25 s: about 5 × 0.25 s, plus the last call.",
@@ -93,6 +93,7 @@ check(
 
 # %%
 sliced = checkpoint.with_name("sliced.jsonl")
+sliced.unlink(missing_ok=True)  # a fresh checkpoint every time this cell runs
 runs, per_run = 0, []
 while True:
     report = run_batch(call, items[:9], checkpoint=sliced, workers=3, target=target, limit=3, progress=False)
