@@ -53,7 +53,8 @@ _GAP = 0.16
 _LEFT, _RIGHT = 1.15, 0.25
 _TOP_LEGEND, _TOP_TITLE, _BOTTOM = 0.42, 0.4, 0.55
 _DPI = 100
-_MAX_LABELS = 80  # with more calls than this, bars carry no text
+_MAX_LABELS = 80  # with more calls than this, only failed and retried calls carry text
+_SHORTEST_WAIT = 0.002  # seconds: a call that waited less than this before its first try did not wait for a turn
 
 
 class TimelineFigure(Figure):
@@ -161,7 +162,7 @@ def _pieces(record: CallRecord) -> list[_Piece]:
         tries = sorted(record.tries, key=lambda t: t.start)
         pieces: list[_Piece] = []
         first = min(max(tries[0].start, record.start), record.end)
-        if first > record.start:
+        if first - record.start > _SHORTEST_WAIT:  # not the microseconds between the runner and the first try
             pieces.append(_Piece(record.start, first - record.start, "turn"))
         for k, attempt in enumerate(tries):
             a, b = max(attempt.start, record.start), min(attempt.end, record.end)

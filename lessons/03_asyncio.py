@@ -184,10 +184,9 @@ if target.is_simulator:
 #
 # ## 3.5 A semaphore caps the calls in flight
 #
-# `gather` starts everything at once: 1000 prompts, 1000 requests at the same moment (the client's pool lets out
-# as many as it has connections, 100 by default, and holds the rest in its own queue). An `asyncio.Semaphore(3)` lets at most
-# three coroutines past `async with semaphore:` at a time; the rest wait their turn. It plays the role of
-# `max_workers`.
+# `gather` starts everything at once: 1000 prompts, 1000 requests at the same moment (the client's pool lets out as many
+# as it has connections, 100 by default, and holds the rest in its own queue). An `asyncio.Semaphore(3)` lets at most
+# three coroutines past `async with semaphore:` at a time; the rest wait their turn. It plays the role of `max_workers`.
 
 # %%
 if target.is_simulator:

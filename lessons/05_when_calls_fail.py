@@ -443,11 +443,10 @@ if target.is_simulator:
     assert with_threads.slowest < 1.0 and with_asyncio.slowest < 1.0  # the hang ended at the timeout (0.5 s)
     assert with_asyncio.records[words.index("echo")].error == "TimeoutError"  # wait_for's deadline
 
-# %% [markdown]
-# Seven answers kept, five failures recorded with their reasons, and no call took longer than the timeout
-# allows: the hang cost 0.5 s on one worker, not 1.5 s (or 30). The broken body is labelled `malformed`: its
-# status was fine (200), its body was not. The report is what you save: whatever order the answers arrived in, `answers[i]`
-# belongs to `batch[i]` (None where the call failed), and `failures` is the list to look at, or to try again.
+# %% [markdown] Seven answers kept, five failures recorded with their reasons, and no call took longer than the timeout
+# allows: the hang cost 0.5 s on one worker, not 1.5 s (or 30). The broken body is labelled `malformed`: its status was
+# fine (200), its body was not. The report is what you save: whatever order the answers arrived in, `answers[i]` belongs
+# to `batch[i]` (None where the call failed), and `failures` is the list to look at, or to try again.
 #
 # Which of them are worth another try? The errors are kept on the records (`record.exception`):
 

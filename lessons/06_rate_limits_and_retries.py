@@ -100,10 +100,10 @@ if target.is_simulator:
 #
 # The simulator's limit is a bucket that holds up to a minute's worth and refills continuously: at 3 a minute, one
 # request comes back every 20 s, which is what `retry-after` says. A provider's may be stricter than its headline
-# figure: OpenAI says a per-minute limit may be enforced over shorter windows (a limit of 60,000 requests a
-# minute as 1,000 a second), so a burst can be refused although the minute's total is well under the limit.
-# Never count on a whole minute's worth at once; read the headers, and pace the calls (lesson 07). `helpers.ask` turns such a response into an `APIError` with
-# `.status`, `.code` and `.retry_after` (in seconds, from `retry-after-ms` when present).
+# figure: OpenAI says a per-minute limit may be enforced over shorter windows (a limit of 60,000 requests a minute as
+# 1,000 a second), so a burst can be refused although the minute's total is well under the limit. Never count on a whole
+# minute's worth at once; read the headers, and pace the calls (lesson 07). `helpers.ask` turns such a response into an
+# `APIError` with `.status`, `.code` and `.retry_after` (in seconds, from `retry-after-ms` when present).
 #
 # ## 6.2 The openai SDK retries behind your back
 #

@@ -296,11 +296,11 @@ assert threaded.wall < 0.6 * sequential.wall  # a third of the time (about) ...
 if target.is_simulator:  # the simulator answers the same every time; a real model's answers vary a little
     assert seq_bill == par_bill  # ... and exactly the same tokens and dollars
 
-# %% [markdown]
-# Less time (the cell above prints both wall times), the same tokens, the same bill. What parallel calls change is how much of your limits they
-# hold at once: three calls in flight are three slots of a concurrency limit and arrive three times as fast at the
-# per-minute limits. Parallelism buys time, never money. (Retries, on the other hand, do cost: each is a request,
-# and a retried call that had produced half its answer before it failed may be billed for that half.)
+# %% [markdown] Less time (the cell above prints both wall times), the same tokens, the same bill. What parallel calls
+# change is how much of your limits they hold at once: three calls in flight are three slots of a concurrency limit and
+# arrive three times as fast at the per-minute limits. Parallelism buys time, never money. (Retries, on the other hand,
+# do cost: each is a request, and a retried call that had produced half its answer before it failed may be billed for
+# that half.)
 #
 # ## 7.4 The quota guard
 #
@@ -379,8 +379,8 @@ if target.is_simulator:
 #   burst can be refused although the minute's total is under the limit: pace the calls, do not count on a
 #   minute's worth at once.
 # - A throttle (`Throttle.acquire()`, `await acquire_async()`) starts each call only when the limit has room:
-#   (almost) no 429s, at about the limit's pace. A cap on calls in flight (`max_workers`, a semaphore) is not a cap on
-#   calls per minute; keep both, and keep retries for what still gets through.
+#   (almost) no 429s, at about the limit's pace. A cap on calls in flight (`max_workers`, a semaphore) is not a cap
+#   on calls per minute; keep both, and keep retries for what still gets through.
 # - Parallel calls cost the same tokens as sequential ones: they save time, not money.
 # - Against a real provider the quota guard caps calls in flight and refuses a run, or a call, that would go
 #   over the session's budget, before anything is sent.

@@ -69,16 +69,21 @@ def main(argv: list[str]) -> int:
         ("tests", [python, "-m", "pytest", "tests", *extra]),
         (f"notebooks ({loaded})", [python, "-m", "pytest", "notebooks", *nbval, *extra]),
     ]
+    collected_none = []
     for name, cmd in steps:
         print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
         hogs = HOGS if name.startswith("notebooks") and not idle else 0
         with _cpu_hogs(hogs):
             code = subprocess.call(cmd, cwd=ROOT, env=env)
         if code == NO_TESTS_COLLECTED and extra:
+            collected_none.append(name)
             continue
         if code != 0:
             print(f"== {name} failed (exit {code})", flush=True)
             return code
+    if len(collected_none) == 2:
+        print(f"== no test matched {' '.join(extra)}", flush=True)
+        return NO_TESTS_COLLECTED
     return 0
 
 

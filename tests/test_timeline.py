@@ -320,3 +320,13 @@ def test_no_speed_up_between_runs_of_different_calls() -> None:
     small = RunReport("threads", [CallRecord(0, "p0", 0.0, 0.5, "thread_0")], 0.5, workers=1, label="small")
     assert "faster" not in draw(big, small).axes[1].get_title(loc="left")
     assert summary_table(big, small).rows[1]["speed-up"] is None
+
+
+def test_the_moment_before_a_first_try_is_not_a_wait_for_a_turn() -> None:
+    from helpers.runs import Attempt
+
+    record = CallRecord(0, "a", 0.0, 0.5, "thread_0", attempts=2, waited=0.1)
+    record.tries = [Attempt(0.0001, 0.1, "APIError: HTTP 500"), Attempt(0.2, 0.5)]
+    fig = draw(RunReport("threads", [record], 0.5, workers=1))
+    assert not [c for c in fig.axes[0].collections if c.get_gid() == "turns"]
+    assert "waiting for its turn" not in [t.get_text() for t in fig.legends[0].get_texts()]
