@@ -185,15 +185,21 @@ def errors_on_three_threads(function) -> list[BaseException]:
     return failed + [TimeoutError("still hanging after 30 s")] * len(hanging)
 
 
-new_agent_each_call = errors_on_three_threads(call)
+TRAP_SKIPPED = (
+    "Skipped against a real provider: a call caught in the trap can fail in your code while its request still runs "
+    "(and is billed) at the provider, unseen by the quota guard."
+)
+if target.is_simulator:
+    new_agent_each_call = errors_on_three_threads(call)
+else:
+    new_agent_each_call = []
+    print(TRAP_SKIPPED)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print(f"{len(new_agent_each_call)} of {len(many)} calls failed")
-print("for example:", str(new_agent_each_call[0])[:110] if new_agent_each_call else "-")
-
-# %%
-if target.is_simulator:  # 90 calls make the failure certain; a real provider's 3 calls may all get lucky
+if target.is_simulator:  # 90 calls make the failure certain
+    print(f"{len(new_agent_each_call)} of {len(many)} calls failed")
+    print("for example:", str(new_agent_each_call[0])[:110] if new_agent_each_call else "-")
     assert new_agent_each_call and all("different event loop" in str(e) for e in new_agent_each_call)
 
 # %% [markdown]
@@ -220,14 +226,12 @@ def call_own_agent(prompt: str) -> str:
     return per_thread.agent.run_sync(prompt, timeout=5).output
 
 
-agent_each_thread = errors_on_three_threads(call_own_agent)
+agent_each_thread = errors_on_three_threads(call_own_agent) if target.is_simulator else []
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print(f"an agent per thread, one shared model: {len(agent_each_thread)} of {len(many)} calls failed")
-
-# %%
 if target.is_simulator:
+    print(f"an agent per thread, one shared model: {len(agent_each_thread)} of {len(many)} calls failed")
     assert agent_each_thread and all("different event loop" in str(e) for e in agent_each_thread)
 
 # %% [markdown]
