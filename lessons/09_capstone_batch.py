@@ -175,6 +175,7 @@ else:
 # each. Every item now has exactly one line:
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 if target.is_simulator:
     saved = read_checkpoint(checkpoint)
     lines_per_id = Counter(entry["id"] for entry in saved)
