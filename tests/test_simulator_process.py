@@ -37,6 +37,8 @@ FLAGS = [
     "--script",
     "--hang-seconds",
     "--quota-requests",
+    "--request-timeout",
+    "--max-connections",
     "--models",
     "--api-key",
     "--access-log",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -128,6 +129,20 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--access-log", action="store_true", help="print one line per request")
     p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request has not arrived whole this long after its first byte (default 10)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="connections open at once; over it, the slowest waiting one is closed, or the new one gets 503 "
+        "(default: what the file-descriptor limit leaves, e.g. 576 for 1024)",
+    )
+    p.add_argument(
         "--pose-as-provider",
         action="store_true",
         help="leave out the simulator's identifying header, so the workbook treats it as a real provider "
@@ -182,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"simulator: --port must be 0-65535 (got {args.port})", file=sys.stderr)
         return 2
+    if not 0.1 <= args.request_timeout <= 3600:
+        print(f"simulator: --request-timeout must be 0.1-3600 seconds (got {args.request_timeout:g})", file=sys.stderr)
+        return 2
+    if args.max_connections is not None and args.max_connections < 1:
+        print(f"simulator: --max-connections must be at least 1 (got {args.max_connections})", file=sys.stderr)
+        return 2
 
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on such sockets (else +40 ms per reused call)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -202,20 +223,25 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn  # imported late: --help and bad flags answer at once
 
     from ._app import create_app
+    from ._guard import ACCEPTS_PER_TICK, GuardedH11, GuardedServer, QuietAccepts, connection_cap, fd_limit
 
+    GuardedH11.request_timeout = args.request_timeout
+    GuardedH11.max_connections = args.max_connections or connection_cap(fd_limit())
     app = create_app(config, pose_as_provider=args.pose_as_provider)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=args.access_log,
-            lifespan="off",
-            http="h11",
-            timeout_graceful_shutdown=1,
-            timeout_keep_alive=75,  # longer than clients keep idle connections: no race on reuse
-            backlog=2048,
-        )
+    uvicorn_config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=args.access_log,
+        lifespan="off",
+        http=GuardedH11,
+        timeout_graceful_shutdown=1,
+        timeout_keep_alive=75,  # longer than clients keep idle connections: no race on reuse
+        backlog=ACCEPTS_PER_TICK,  # GuardedServer sets the listen queue back to 2048
     )
+    if args.access_log:  # the log level above would drop uvicorn's access lines, which are INFO
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    logging.getLogger("asyncio").addFilter(QuietAccepts())
+    server = GuardedServer(uvicorn_config)
     url = f"http://127.0.0.1:{port}"
     if args.exit_with_parent:
         threading.Thread(target=_watch_parent, daemon=True).start()

@@ -8,7 +8,6 @@ Endpoints a client sees: ``POST /v1/chat/completions`` (plain and streaming, too
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -19,13 +18,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import _text
 from ._config import ConfigError, SimulatorConfig
+from ._requests import MAX_BODY_BYTES, MAX_OUTPUT_TOKENS, Ask, BadRequest, load_json, parse_chat, parse_responses
 
 VERSION = "1"
 SIMULATOR_HEADER = "x-llm-simulator"
@@ -202,11 +202,21 @@ def _headers(state: State, record: dict[str, Any], extra: dict[str, str] | None 
     return headers
 
 
+class _JSON(JSONResponse):
+    """A JSON answer that can always be sent: text that is not valid Unicode goes out as ``\\u`` escapes."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def _json(
     state: State, record: dict[str, Any], status: int, body: Any, extra: dict[str, str] | None = None
 ) -> Response:
     record["status"] = status
-    return JSONResponse(body, status_code=status, headers=_headers(state, record, extra))
+    return _JSON(body, status_code=status, headers=_headers(state, record, extra))
 
 
 class _Raw(Response):
@@ -261,70 +271,38 @@ class _Raw(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-# --- what a request asks for ------------------------------------------------------------------------------
-
-
-class Ask:
-    """The parts of a chat or responses request the simulator acts on."""
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        messages: list[dict[str, Any]],
-        max_tokens: int | None,
-        tools: list[dict[str, Any]],
-        tool_choice: Any,
-        schema: dict[str, Any] | None,
-    ) -> None:
-        self.model, self.messages, self.max_tokens = model, messages, max_tokens
-        self.tools, self.tool_choice, self.schema = tools, tool_choice, schema
-        last_user = [m for m in messages if m.get("role") == "user"]
-        self.prompt = _text.message_text(last_user[-1].get("content")) if last_user else ""
-        self.after_tool = bool(messages) and messages[-1].get("role") == "tool"
-        canonical = json.dumps([model, messages, max_tokens], sort_keys=True, default=str)
-        self.key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        self.prompt_tokens = _text.prompt_tokens(messages)
-
-    def tool_to_call(self) -> dict[str, Any] | None:
-        """The function tool this answer calls, or None for a text answer."""
-        if not self.tools or self.after_tool or self.tool_choice == "none":
-            return None
-        named = None
-        if isinstance(self.tool_choice, dict):
-            named = (self.tool_choice.get("function") or {}).get("name") or self.tool_choice.get("name")
-        by_name = {t["name"]: t for t in self.tools}
-        if named in by_name:
-            return by_name[named]
-        outputs = [t for t in self.tools if t["name"].startswith("final_result")]
-        return outputs[0] if outputs else self.tools[0]
-
-
 def _plan(state: State, ask: Ask) -> dict[str, Any]:
-    """Decide the answer (text or tool call), its token count and its timing: all seeded."""
+    """Decide the answer (text or tool call), its token count and its timing: all seeded.
+
+    An answer is never longer than ``max_tokens`` (or the model's output limit): what would be longer is cut there,
+    with ``finish_reason: "length"``, as a provider does; nothing longer than that limit is ever built."""
     cfg = state.config
     rng = _text.seeded_rng(cfg.seed, "answer", ask.key)
     tool = ask.tool_to_call()
+    limit = ask.max_tokens or MAX_OUTPUT_TOKENS
     finish = "stop"
-    if tool is not None:
-        args = _text.value_for_schema(tool.get("parameters") or {}, ask.prompt, rng)
-        content = json.dumps(args)
-        finish = "tool_calls"
-    elif ask.schema is not None:
-        content = json.dumps(_text.value_for_schema(ask.schema, ask.prompt, rng))
-    else:
+    try:
+        if tool is not None:
+            content = json.dumps(_text.value_for_schema(tool.get("parameters") or {}, ask.prompt, rng, limit))
+            finish = "tool_calls"
+        elif ask.schema is not None:
+            content = json.dumps(_text.value_for_schema(ask.schema, ask.prompt, rng, limit))
+    except _text.NoFiniteValue as exc:
+        where = "tools" if tool is not None else "response_format"
+        raise BadRequest(f"Invalid schema for '{where}': it has no finite value ({exc}).", where) from None
+    if tool is None and ask.schema is None:
         if ask.after_tool:
             result = _text.message_text(ask.messages[-1].get("content"))
             content = f"The tool returned: {result}"
         else:
             content = _text.rule_answer(ask.prompt) or _text.filler(rng, rng.randint(30, 80))
-        natural = _text.count_tokens(content)
-        if ask.max_tokens is not None and natural > ask.max_tokens:
-            if _text.rule_answer(ask.prompt) is None and not ask.after_tool:
-                content = _text.filler(rng, ask.max_tokens)
-            else:
-                content = _text.truncate(content, ask.max_tokens)
+        too_long = ask.max_tokens is not None and ask.max_tokens < _text.count_tokens(content)
+        if too_long and _text.rule_answer(ask.prompt) is None and not ask.after_tool:
+            content = _text.filler(rng, limit)  # filler of exactly the length allowed
             finish = "length"
+    if _text.count_tokens(content) > limit:
+        content = _text.truncate(content, limit)
+        finish = "length"
     out_tokens = max(1, _text.count_tokens(content))
     generation = out_tokens / cfg.tokens_per_second
     base = cfg.latency if cfg.latency is not None else cfg.ttft + generation
@@ -454,6 +432,7 @@ async def _handle(request: Request, api: str) -> Response:
         "prompt_tokens": 0,
         "completion_tokens": 0,
         "planned_latency": None,
+        "cpu_ms": 0.0,  # the server's CPU time spent reading the request and planning its answer
     }
     if record["retry"] > 0:
         state.retries_seen += 1
@@ -463,9 +442,63 @@ async def _handle(request: Request, api: str) -> Response:
     response: Response | None = None
     try:
         response = await _serve(request, state, record, api)
-        return response
+    except BadRequest as bad:
+        error = error_body(bad.message, "invalid_request_error", bad.code, bad.param)
+        # A body too large is not read: the connection closes after the answer, so the rest is never taken in.
+        extra = {"connection": "close"} if bad.status == 413 else None
+        response = _json(state, record, bad.status, error, extra)
+    except ClientDisconnect:
+        record["status"], record["outcome"] = 499, "client disconnected"
+        response = Response(status_code=499)
+    except Exception:  # a bug in the simulator: an OpenAI-shaped 500 for the client, one traceback in the log
+        _log_bug(request)
+        record["outcome"] = "simulator error"
+        response = _json(state, record, 500, SERVER_ERROR)
     finally:
         _after(response, lambda: _finished(state, record))
+    return response
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 once it is longer than MAX_BODY_BYTES (never read past that)."""
+    too_long = BadRequest(
+        f"The request body is larger than this simulator accepts ({MAX_BODY_BYTES // 1024 // 1024} MB). Send fewer "
+        "or shorter messages.",
+        status=413,
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_long
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_BUGS_LOGGED: set[str] = set()
+
+
+def _log_bug(request: Request) -> None:
+    """Log the traceback of an unexpected error once per kind and place, so that a flood of one bad request
+    cannot fill the log."""
+    import sys
+    import traceback
+
+    exc = sys.exc_info()[1]
+    frames = traceback.extract_tb(exc.__traceback__) if exc else []
+    where = f"{type(exc).__name__}@{frames[-1].filename}:{frames[-1].lineno}" if frames else repr(exc)
+    if where in _BUGS_LOGGED:
+        return
+    _BUGS_LOGGED.add(where)
+    logging.getLogger("uvicorn.error").exception(
+        "the simulator failed on a request to %s (answered 500; later errors of this kind are not logged)",
+        request.url.path,
+    )
 
 
 def _after(response: Response | None, done: Callable[[], None]) -> None:
@@ -496,30 +529,29 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
     denied = _auth(state, request, record)
     if denied:
         return denied
-    raw = await request.body()
+    raw = await _body(request)
+    # Reading a large body is a few steps of some milliseconds each; between them other requests take their turn.
+    cpu = 0.0
     try:
-        body = json.loads(raw)
-        if not isinstance(body, dict):
-            raise ValueError
-    except ValueError:
-        return _bad(
-            state,
-            record,
-            "We could not parse the JSON body of your request. (HINT: This likely means "
-            "you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-        )
-    parsed = _parse_chat(body) if api == "chat" else _parse_responses(body)
-    if isinstance(parsed, str):
-        return _bad(state, record, parsed)
-    ask = parsed
-    record["model"], record["prompt"] = ask.model, ask.prompt[:80]
+        await asyncio.sleep(0)
+        began = time.thread_time()
+        body = load_json(raw)
+        cpu += time.thread_time() - began
+        await asyncio.sleep(0)
+        began = time.thread_time()
+        ask = parse_chat(body) if api == "chat" else parse_responses(body)
+        cpu += time.thread_time() - began
+    finally:
+        record["cpu_ms"] = round(cpu * 1000, 3)
+    await asyncio.sleep(0)
+    record["model"], record["prompt"] = ask.model[:80], ask.prompt[:80]
     record["stream"] = bool(body.get("stream"))
     record["prompt_tokens"] = ask.prompt_tokens
     if ask.model not in state.config.models:
         return _bad(
             state,
             record,
-            f"The model `{ask.model}` does not exist or you do not have access to it. "
+            f"The model `{ask.model[:100]}` does not exist or you do not have access to it. "
             f"This simulator serves: {', '.join(state.config.models)}.",
             status=404,
             code="model_not_found",
@@ -578,7 +610,11 @@ async def _serve(request: Request, state: State, record: dict[str, Any], api: st
 async def _answer(
     request: Request, state: State, record: dict[str, Any], ask: Ask, body: dict[str, Any], api: str, fault: str | None
 ) -> Response:
-    plan = _plan(state, ask)
+    began = time.thread_time()
+    try:
+        plan = _plan(state, ask)
+    finally:
+        record["cpu_ms"] = round(record["cpu_ms"] + (time.thread_time() - began) * 1000, 3)
     record["planned_latency"] = round(plan["total"], 6)
     receive = request.receive
     if fault == "hang":
@@ -685,7 +721,8 @@ def _chat_stream(
         args = call["function"].pop("arguments")
         call["function"]["arguments"] = ""
         pieces.append((0.0, event(delta({"tool_calls": [{"index": 0, **call}]}))))
-        parts = [args[i : i + 16] for i in range(0, len(args), 16)] or [""]
+        size = max(16, math.ceil(len(args) / 50))  # at most 50 events, as for text
+        parts = [args[i : i + size] for i in range(0, len(args), size)] or [""]
         for part in parts:
             pieces.append(
                 (rest / len(parts), event(delta({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})))
@@ -759,90 +796,6 @@ def _responses_body(state: State, ask: Ask, plan: dict[str, Any], index: int) ->
     }
 
 
-def _max_tokens(value: Any, name: str) -> int | None | str:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"Invalid '{name}': expected a positive integer, got {value!r}."
-    return value
-
-
-def _parse_chat(body: dict[str, Any]) -> Ask | str:
-    model = body.get("model")
-    if not model or not isinstance(model, str):
-        return "you must provide a model parameter"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return "'messages' must be a non-empty array of message objects."
-    limit = _max_tokens(body.get("max_completion_tokens", body.get("max_tokens")), "max_tokens")
-    if isinstance(limit, str):
-        return limit
-    tools = [t["function"] for t in body.get("tools") or [] if isinstance(t, dict) and t.get("function")]
-    schema = None
-    fmt = body.get("response_format") or {}
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema") or {}
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = {
-            t.get("function", {}).get("name") or t.get("name")
-            for t in (choice.get("allowed_tools") or {}).get("tools", [])
-        }
-        tools = [t for t in tools if t["name"] in allowed] or tools
-        choice = (choice.get("allowed_tools") or {}).get("mode", "auto")
-    return Ask(model=model, messages=messages, max_tokens=limit, tools=tools, tool_choice=choice, schema=schema)
-
-
-def _parse_responses(body: dict[str, Any]) -> Ask | str:
-    model = body.get("model")
-    if not model or not isinstance(model, str):
-        return "you must provide a model parameter"
-    items = body.get("input")
-    messages: list[dict[str, Any]] = []
-    if body.get("instructions"):
-        messages.append({"role": "system", "content": str(body["instructions"])})
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "function_call_output":
-                messages.append({"role": "tool", "content": str(item.get("output", ""))})
-            elif item.get("type") == "function_call":
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": "",
-                        "tool_calls": [{"function": {"name": item.get("name"), "arguments": item.get("arguments")}}],
-                    }
-                )
-            elif "role" in item:
-                messages.append({"role": item["role"], "content": _text.message_text(item.get("content"))})
-    if not any(m["role"] in ("user", "tool") for m in messages):
-        return "'input' must be a string or a list holding at least one user message."
-    limit = _max_tokens(body.get("max_output_tokens"), "max_output_tokens")
-    if isinstance(limit, str):
-        return limit
-    tools = [
-        {"name": t["name"], "parameters": t.get("parameters") or {}}
-        for t in body.get("tools") or []
-        if isinstance(t, dict) and t.get("type") == "function"
-    ]
-    schema = None
-    fmt = (body.get("text") or {}).get("format") or {}
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = fmt.get("schema") or {}
-    return Ask(
-        model=model,
-        messages=messages,
-        max_tokens=limit,
-        tools=tools,
-        tool_choice=body.get("tool_choice"),
-        schema=schema,
-    )
-
-
 async def chat_completions(request: Request) -> Response:
     return await _handle(request, "chat")
 
@@ -875,7 +828,7 @@ async def health(request: Request) -> Response:
 async def admin_stats(request: Request) -> Response:
     state: State = request.app.state.sim
     with_records = request.query_params.get("records", "1") not in ("0", "false", "no")
-    return JSONResponse(state.stats(with_records))
+    return _JSON(state.stats(with_records))
 
 
 async def admin_reset(request: Request) -> Response:
