@@ -3,12 +3,28 @@
 :func:`run_batch` answers a list of items ``{"id": ..., "text": ...}`` with ``call(text)`` on a pool of threads
 (``run_threads`` from ``helpers.runs``), each call retried by ``helpers.retry`` and optionally paced by a
 ``helpers.throttle.Throttle``. Every result, answer or final error, is appended to a JSONL checkpoint as soon as
-it arrives: one complete line per write, flushed and synced to disk, keyed by the item's id. So:
+it arrives: one complete line per write, flushed and synced to disk, keyed by the item's id and carrying a
+digest of its text (``"input"``). So:
 
 - a run that is interrupted (a stopped cell, a crash, ``kill -9``) loses at most the calls that were in flight;
 - running it again calls only the items without a result in the checkpoint (``retry_failed=True`` also calls
   the ones that failed), and running a finished batch again makes no call at all;
 - a last line cut short by a crash is found, reported, removed, and its item done again.
+
+What the checkpoint guarantees besides (``helpers.checkpoint`` holds the file logic):
+
+- **one run at a time**: a run holds an exclusive OS lock on the checkpoint from before it reads it until it
+  ends. A second run on it, from another process or another thread, raises :class:`CheckpointInUse` naming the
+  first (its pid and start time) before it reads, repairs or calls anything. A killed run's lock goes with it.
+- **only its own files**: a file whose lines are not results ``{"id": ..., "ok": true | false, ...}`` (settings,
+  a CSV, binary data) is refused with a ``ValueError`` and left byte for byte as it was. Lines another program
+  wrote in that shape are taken over (lesson 09's own loop writes them): without ``"input"``, they match by id.
+- **no stale answers**: ids are keyed with their type (``1`` and ``"1"`` are different items; one list may not
+  mix them). An item whose saved result was answered for another text is refused with a ``ValueError`` naming
+  its id, before any call; ``redo_changed=True`` calls those items again (their new lines count from then on).
+- **a full disk stops the run cleanly**: the write that failed is taken back, so every line stays whole; no
+  new call starts, the calls in flight end unsaved, and a :class:`CheckpointError` (an ``OSError``) names the
+  checkpoint, says how many results it holds and how to resume. A line left cut is repaired by the next run.
 
 The returned :class:`BatchReport` is a :class:`~helpers.runs.RunReport` (``helpers.draw`` draws it) with the
 counts of the batch: answered, failed, skipped because the checkpoint had them, attempts, tokens and a cost
@@ -38,6 +54,7 @@ from typing import Any
 import httpx
 
 from .calls import MalformedResponse, answer_from
+from .checkpoint import Checkpoint, CheckpointError, CheckpointInUse, id_key, input_digest, read_checkpoint
 from .quota import PRICES_AS_OF, QuotaExceeded, estimate_cost, estimate_tokens
 from .retry import with_retries
 from .runs import Answer, CallRecord, RunReport, _check_workers, plural, run_threads
@@ -47,6 +64,8 @@ __all__ = [
     "DATASET",
     "LABELS",
     "BatchReport",
+    "CheckpointError",
+    "CheckpointInUse",
     "UsageAnswer",
     "classify",
     "load_items",
@@ -134,86 +153,6 @@ def load_items(path: str | os.PathLike[str] = DATASET) -> list[dict[str, Any]]:
     return items
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every complete, valid line of a checkpoint, in the order written (a line cut short at the end is left out)."""
-    entries, _, _ = _read(Path(path))
-    return entries
-
-
-def _read(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
-    """The checkpoint's valid entries, the byte length of its sound part, and what is wrong with its end.
-
-    A kill can leave the last line cut short (no newline) or, in a file system that lost data, a last line that
-    is not valid JSON: that line is reported, not trusted. A bad line *before* the last one is not what a crash
-    leaves behind, so it is an error that names the line."""
-    if not path.exists():
-        return [], 0, None
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
-    entries: list[dict[str, Any]] = []
-    sound = 0
-    problem = None
-    for number, raw in enumerate(lines, 1):
-        entry = _entry(raw)
-        last = number == len(lines) and not tail
-        if entry is None and raw.strip():
-            if last:
-                problem = f"its last line ({len(raw)} bytes) is not a complete result"
-                break
-            raise ValueError(
-                f"checkpoint {path}, line {number}, is not a result written by run_batch: {raw[:60]!r}. "
-                "Only the last line can be cut short by a crash; fix or remove this line (or use a new checkpoint)."
-            )
-        if entry is not None:
-            entries.append(entry)
-        sound += len(raw) + 1
-    if tail.strip():
-        problem = f"its last line was cut short ({len(tail)} bytes, no end of line)"
-    return entries, sound, problem
-
-
-def _entry(raw: bytes) -> dict[str, Any] | None:
-    try:
-        entry = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("ok"), bool):
-        return None
-    return entry
-
-
-class _Checkpoint:
-    """An append-only JSONL file: each result is one line, written whole with one ``write``, then synced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self.lock = threading.Lock()
-
-    def open(self, keep: int) -> None:
-        """Open for appending, after cutting the file back to its first ``keep`` bytes (its sound part)."""
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
-        if os.fstat(self._fd).st_size > keep:
-            os.ftruncate(self._fd, keep)
-            os.fsync(self._fd)
-
-    def append(self, entry: Mapping[str, Any]) -> None:
-        assert self._fd is not None, "open() first"
-        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        with self.lock:
-            view = memoryview(line)
-            while view:  # a regular file takes it all at once; loop in case it does not
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)  # on disk before the item counts as done
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def _check_path(checkpoint: str | os.PathLike[str]) -> Path:
     try:
         path = Path(checkpoint)
@@ -227,7 +166,7 @@ def _check_path(checkpoint: str | os.PathLike[str]) -> Path:
     if not parent.is_dir():
         raise ValueError(f"cannot write the checkpoint {path}: the folder {parent} does not exist (create it first)")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
         raise ValueError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -252,9 +191,11 @@ def _check_items(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
             what = "no text" if "text" not in item else f"text {text!r}"
             raise ValueError(f"items[{i}] (id {key!r}) has {what}: every item needs a non-empty string to send")
         if str(key) in seen:
+            other = listed[seen[str(key)]]["id"]
+            why = "" if other == key else f" ({other!r} and {key!r} differ only in type: surely a mistake)"
             raise ValueError(
-                f"duplicate id {key!r} at items[{seen[str(key)]}] and items[{i}]: ids must be unique, since the "
-                "checkpoint knows items by id"
+                f"duplicate id {key!r} at items[{seen[str(key)]}] and items[{i}]{why}: ids must be unique, since "
+                "the checkpoint knows items by id"
             )
         seen[str(key)] = i
     return listed
@@ -359,6 +300,7 @@ def run_batch(
     rng: int | None = None,
     rpm: float | None = None,
     retry_failed: bool = False,
+    redo_changed: bool = False,
     limit: int | None = None,
     cancel: threading.Event | None = None,
     progress: bool = True,
@@ -370,8 +312,12 @@ def run_batch(
       backoff from ``base`` seconds and at most ``max_wait`` seconds of waiting (``helpers.retry``; ``rng`` seeds
       the jitter); with ``rpm``, every attempt first waits for its turn (``helpers.throttle.Throttle``).
     - ``checkpoint`` (a JSONL path) gets one line per item: ``{"id", "ok", "answer" | "error", "attempts",
-      "tokens", ...}``. Items it already has are skipped; with ``retry_failed=True`` items whose last result
-      is a failure are called again. A last line cut short by a crash is removed and its item done again.
+      "tokens", "input", ...}``. Items it already has are skipped; with ``retry_failed=True`` items whose last
+      result is a failure are called again. A last line cut short by a crash is removed and its item done again.
+      The run holds the checkpoint's lock: a second run on it raises :class:`CheckpointInUse`, changing nothing.
+    - An item whose text is not the one its saved result was answered for (``"input"``, a digest of the text)
+      is an error naming its id, before any call; ``redo_changed=True`` calls such items again. A line with no
+      ``"input"`` (written by another program) matches by id alone.
     - ``limit`` calls at most that many items now (the first ones still to do); ``cancel`` (a
       ``threading.Event``) stops starting calls once set, keeping the answers in flight. Either way, run it again
       to finish.
@@ -381,7 +327,8 @@ def run_batch(
 
     ``call`` returns the answer (a string, or an :class:`~helpers.runs.Answer` that carries its tokens: see
     :func:`classify`). Bad input (``workers < 1``, duplicate ids, an item without text, a checkpoint that cannot
-    be written) raises ``ValueError`` before anything is called.
+    be written, a file that is not a checkpoint) raises ``ValueError`` before anything is called. A write the
+    disk refuses stops the run with a :class:`CheckpointError` that says what is saved and how to resume.
     """
     if not callable(call):
         raise ValueError(
@@ -398,126 +345,168 @@ def run_batch(
     with_retries(call, **retrying_options)  # a bad option is an error now, before anything is read or called
     path = _check_path(checkpoint)
 
-    entries, sound, problem = _read(path)
-    known = {str(item["id"]) for item in listed}
-    last: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        if str(entry["id"]) in known:
-            last[str(entry["id"])] = entry
-    results: list[dict[str, Any] | None] = [last.get(str(item["id"])) for item in listed]
-    todo = [i for i, r in enumerate(results) if r is None or (retry_failed and not r["ok"])]
-    skipped = len(listed) - len(todo)
-    if limit is not None:
-        todo = todo[:limit]
+    with Checkpoint.open(path) as store:  # locked until the run ends (read and repaired under the lock)
+        results, digests, todo, skipped = _plan(store, listed, retry_failed, redo_changed, limit)
+        cap = getattr(target, "max_in_flight", None)
+        if cap is not None and workers > cap:
+            raise ValueError(
+                f"{workers} workers would put {workers} calls in flight against a real provider; the quota guard "
+                f"allows at most {cap}. Use workers={cap} or fewer, or the simulator."
+            )
+        quota = getattr(target, "quota", None)
+        if quota is not None and todo:  # refused before the first call if the budget cannot hold it
+            per_call = max(estimate_tokens(listed[i]["text"], max_tokens) for i in todo)
+            quota.check_run(len(todo), per_call, workers=min(workers, len(todo)))
+        problem = store.repair()  # under the lock: nobody else can have appended since it was read
+        repaired = None
+        if problem:
+            repaired = f"checkpoint {path.name}: {problem}; removed it, and its item is done again"
+            print(repaired, file=sys.stderr)
 
-    cap = getattr(target, "max_in_flight", None)
-    if cap is not None and workers > cap:
-        raise ValueError(
-            f"{workers} workers would put {workers} calls in flight against a real provider; the quota guard "
-            f"allows at most {cap}. Use workers={cap} or fewer, or the simulator."
-        )
-    quota = getattr(target, "quota", None)
-    if quota is not None and todo:  # refused before the first call if the budget cannot hold it
-        per_call = max(estimate_tokens(listed[i]["text"], max_tokens) for i in todo)
-        quota.check_run(len(todo), per_call, workers=min(workers, len(todo)))
+        raw_results: dict[int, Any] = {}  # position in todo -> what call returned (its token split)
+        local = threading.local()
 
-    repaired = None
-    if problem:
-        repaired = f"checkpoint {path.name}: {problem}; removed it, and its item is done again"
-    store = _Checkpoint(path)
-    store.open(sound)
-    if repaired:
-        print(repaired, file=sys.stderr)
+        def attempt(text: str) -> Any:
+            if throttle is not None:
+                throttle.acquire()  # every attempt is a request: each waits for its turn
+            result = call(text)
+            local.raw = result  # the successful attempt's own result (retry keeps only text, attempts, tokens)
+            return result
 
-    raw_results: dict[int, Any] = {}  # position in todo -> what call returned (its token split)
-    local = threading.local()
+        retrying = with_retries(attempt, **retrying_options)
 
-    def attempt(text: str) -> Any:
-        if throttle is not None:
-            throttle.acquire()  # every attempt is a request: each waits for its turn
-        result = call(text)
-        local.raw = result  # the successful attempt's own result (retry keeps only text, attempts, tokens)
-        return result
+        def one(position: str) -> Any:
+            # run_threads hands each call its "prompt": here the item's position in todo, so that the result can be
+            # matched with its item, and the token split of its answer kept.
+            k = int(position)
+            local.raw = None
+            answer = retrying(listed[todo[k]]["text"])
+            raw_results[k] = local.raw
+            return answer
 
-    retrying = with_retries(attempt, **retrying_options)
+        bar = _progress(progress, len(listed), skipped)
+        counts = {"answered": 0, "failed": 0, "redone": 0}
 
-    def one(position: str) -> Any:
-        # run_threads hands each call its "prompt": here the item's position in todo, so that the result can be
-        # matched with its item, and the token split of its answer kept.
-        k = int(position)
-        local.raw = None
-        answer = retrying(listed[todo[k]]["text"])
-        raw_results[k] = local.raw
-        return answer
-
-    bar = _progress(progress, len(listed), skipped)
-    counts = {"answered": 0, "failed": 0, "redone": 0}
-
-    def save(record: CallRecord) -> None:
-        k = int(record.prompt)
-        item = listed[todo[k]]
-        entry = _line(item["id"], record, raw_results.get(k))
-        store.append(entry)
-        if results[todo[k]] is not None:
-            counts["redone"] += 1
-        results[todo[k]] = entry
-        counts["answered" if record.ok else "failed"] += 1
-        if bar is not None:
-            bar.update(1)
-            if not record.ok:
-                bar.set_postfix(failed=counts["failed"], refresh=False)
-
-    def report_of(run: RunReport) -> BatchReport:
-        """This run's records, back in the items' terms (index in the input, the item's text), with the counts."""
-        records = []
-        for record in run.records:
+        def save(record: CallRecord) -> None:
             k = int(record.prompt)
-            records.append(dataclasses.replace(record, index=todo[k], prompt=listed[todo[k]]["text"]))
-        done = [int(r.prompt) for r in run.records if r.delivered is not None]
-        raw = [raw_results.get(k) for k in done]
-        return BatchReport(
-            "batch",
-            records,
-            run.wall,
-            run.cpu,
-            workers,
-            f"batch ({plural(len(todo), 'item')} on {plural(max(1, min(workers, len(todo))), 'worker')})",
-            [todo[k] for k in run.delivery_order],
-            run.cancelled,
-            checkpoint=path,
-            total=len(listed),
-            answered=counts["answered"],
-            failed=counts["failed"],
-            skipped=skipped,
-            redone=counts["redone"],
-            attempts=sum(r.attempts for r in records if r.delivered is not None),
-            tokens=sum(r.tokens or 0 for r in records if r.delivered is not None),
-            input_tokens=sum(getattr(one, "input_tokens", None) or 0 for one in raw),
-            output_tokens=sum(getattr(one, "output_tokens", None) or 0 for one in raw),
-            model=getattr(target, "model", None),
-            repaired=repaired,
-            results=results,
+            entry = _line(listed[todo[k]]["id"], digests[todo[k]], record, raw_results.get(k))
+            try:
+                store.append(entry)
+            except OSError as exc:  # raised out of the pool, which starts no new call and lets those in flight end
+                raise _refused(store, exc, sum(r is not None for r in results), len(listed), counts) from exc
+            if results[todo[k]] is not None:
+                counts["redone"] += 1
+            results[todo[k]] = entry
+            counts["answered" if record.ok else "failed"] += 1
+            if bar is not None:
+                bar.update(1)
+                if not record.ok:
+                    bar.set_postfix(failed=counts["failed"], refresh=False)
+
+        def report_of(run: RunReport) -> BatchReport:
+            """This run's records, back in the items' terms (index in the input, the item's text), with the counts."""
+            records = []
+            for record in run.records:
+                k = int(record.prompt)
+                records.append(dataclasses.replace(record, index=todo[k], prompt=listed[todo[k]]["text"]))
+            done = [int(r.prompt) for r in run.records if r.delivered is not None]
+            raw = [raw_results.get(k) for k in done]
+            return BatchReport(
+                "batch",
+                records,
+                run.wall,
+                run.cpu,
+                workers,
+                f"batch ({plural(len(todo), 'item')} on {plural(max(1, min(workers, len(todo))), 'worker')})",
+                [todo[k] for k in run.delivery_order],
+                run.cancelled,
+                checkpoint=path,
+                total=len(listed),
+                answered=counts["answered"],
+                failed=counts["failed"],
+                skipped=skipped,
+                redone=counts["redone"],
+                attempts=sum(r.attempts for r in records if r.delivered is not None),
+                tokens=sum(r.tokens or 0 for r in records if r.delivered is not None),
+                input_tokens=sum(getattr(one, "input_tokens", None) or 0 for one in raw),
+                output_tokens=sum(getattr(one, "output_tokens", None) or 0 for one in raw),
+                model=getattr(target, "model", None),
+                repaired=repaired,
+                results=results,
+            )
+
+        try:
+            run = run_threads(
+                one,
+                [str(k) for k in range(len(todo))],
+                workers=workers,
+                order="completion",
+                on_result=save,
+                cancel=cancel,
+            )
+        except KeyboardInterrupt as exc:  # stopped from outside: every finished call is saved; say so on the way out
+            partial = getattr(exc, "report", None)
+            if isinstance(partial, RunReport):
+                exc.report = report_of(partial)  # type: ignore[attr-defined]
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return report_of(run)
+
+
+def _plan(
+    store: Checkpoint, listed: list[Mapping[str, Any]], retry_failed: bool, redo_changed: bool, limit: int | None
+) -> tuple[list[dict[str, Any] | None], list[str], list[int], int]:
+    """Each item's result in the checkpoint (its last line), its input digest, the positions to call, and how
+    many are skipped. An item whose saved result was answered for another text is an error, or with
+    ``redo_changed`` one more to call."""
+    keys = [id_key(item["id"]) for item in listed]
+    digests = [input_digest(item["text"]) for item in listed]
+    known = set(keys)
+    last: dict[str, dict[str, Any]] = {}
+    for entry in store.entries:
+        key = id_key(entry["id"])
+        if key in known:
+            last[key] = entry
+    results: list[dict[str, Any] | None] = [last.get(key) for key in keys]
+    changed = {i for i, r in enumerate(results) if r is not None and "input" in r and r["input"] != digests[i]}
+    if changed and not redo_changed:
+        ids = [listed[i]["id"] for i in sorted(changed)]
+        shown = ", ".join(repr(key) for key in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise ValueError(
+            f"checkpoint {store.path} has results for {plural(len(ids), 'item')} whose text is not the text they "
+            f"were answered for (ids {shown}): their answers would be stale, so nothing was called. Pass "
+            "redo_changed=True (--redo-changed from a shell) to call them again (their new lines count from then "
+            "on), or use a new checkpoint."
         )
-
-    try:
-        run = run_threads(
-            one, [str(k) for k in range(len(todo))], workers=workers, order="completion", on_result=save, cancel=cancel
-        )
-    except KeyboardInterrupt as exc:  # stopped from outside: every finished call is saved; say so on the way out
-        partial = getattr(exc, "report", None)
-        if isinstance(partial, RunReport):
-            exc.report = report_of(partial)  # type: ignore[attr-defined]
-        raise
-    finally:
-        store.close()
-        if bar is not None:
-            bar.close()
-    return report_of(run)
+    todo = [i for i, r in enumerate(results) if r is None or (retry_failed and not r["ok"]) or i in changed]
+    skipped = len(listed) - len(todo)
+    return results, digests, todo if limit is None else todo[:limit], skipped
 
 
-def _line(key: Any, record: CallRecord, raw: Any) -> dict[str, Any]:
+def _refused(store: Checkpoint, exc: OSError, saved: int, total: int, counts: Mapping[str, int]) -> CheckpointError:
+    """The error of a write the checkpoint's disk refused: what is saved, and how to go on."""
+    this_run = counts["answered"] + counts["failed"]
+    lines = (
+        "every line whole"
+        if store.whole
+        else "its last line may be cut short: the next run removes it and does that item again"
+    )
+    error = CheckpointError(
+        f"cannot write to the checkpoint {store.path}: {exc.strerror or exc}. The batch stopped: no new call "
+        f"starts, and the calls in flight end unsaved. {saved} of {total} items have a result in the checkpoint "
+        f"({this_run} saved by this run), {lines}. Make room (free disk space, or allow a larger file), then run "
+        "it again with the same checkpoint (the same run_batch call, or the same python -m helpers.batch "
+        f"command): it calls only the {total - saved} items without a result."
+    )
+    error.errno = exc.errno
+    return error
+
+
+def _line(key: Any, digest: str, record: CallRecord, raw: Any) -> dict[str, Any]:
     """The checkpoint line of one result."""
-    entry: dict[str, Any] = {"id": key, "ok": record.ok}
+    entry: dict[str, Any] = {"id": key, "input": digest, "ok": record.ok}
     if record.ok:
         entry["answer"] = record.answer
     else:
@@ -563,6 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rpm", type=float, default=None, help="requests per minute at most (default: no limit)")
     parser.add_argument("--limit", type=int, default=None, help="call at most this many items now")
     parser.add_argument("--retry-failed", action="store_true", help="call the items that failed before again")
+    parser.add_argument(
+        "--redo-changed", action="store_true", help="call again the items whose text changed since their result"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -582,10 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rpm=args.rpm,
                 limit=args.limit,
                 retry_failed=args.retry_failed,
+                redo_changed=args.redo_changed,
                 progress=not args.no_progress,
                 max_tokens=20,
             )
-    except (ValueError, QuotaExceeded) as exc:
+    except (ValueError, QuotaExceeded, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.describe())
