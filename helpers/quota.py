@@ -384,8 +384,8 @@ def session_guard(env: Mapping[str, str] | None = None) -> QuotaGuard:
     if env is not None:
         calls, tokens = env.get("LLM_MAX_CALLS", "").strip(), env.get("LLM_MAX_TOKENS", "").strip()
         guard.set_limits(
-            max_calls=_from_env(env, "LLM_MAX_CALLS", 0) if calls else None,
-            max_tokens=_from_env(env, "LLM_MAX_TOKENS", 0) if tokens else None,
+            max_calls=_from_env(env, "LLM_MAX_CALLS", DEFAULT_MAX_CALLS) if calls else None,
+            max_tokens=_from_env(env, "LLM_MAX_TOKENS", DEFAULT_MAX_TOKENS) if tokens else None,
         )
     return guard
 
@@ -399,7 +399,12 @@ def _from_env(env: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1 (got {env.get(name)!r}); unset it for {default}")
+        what = "calls this session may make" if name == "LLM_MAX_CALLS" else "tokens this session may use"
+        raise ValueError(
+            f"{name} must be a whole number of at least 1 (got {env.get(name)!r}): the most {what} at a real "
+            f"provider, e.g. {name}={default} (0 would allow none, and there is no setting for no limit); unset it "
+            f"for the default, {default:,}"
+        )
     return value
 
 

@@ -22,7 +22,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -301,16 +301,43 @@ def _check_order(order: str) -> str:
     return order
 
 
+class PromptsError(TypeError, ValueError):
+    """``prompts`` is not a list (or other iterable) of strings. A TypeError, and a ValueError as it was before."""
+
+
 def _prompts(prompts: Iterable[str]) -> list[str]:
+    """The one check every runner makes of its prompts: a list, tuple, generator... of strings, read once, in
+    order. One string, bytes, a dict (whose keys iterating gives) and a set (which has no order, while
+    ``answers[i]`` belongs to ``prompts[i]``) are refused before any call, and so is an item that is not a string."""
     if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, not one string")
+        raise PromptsError("prompts must be a list of strings, not one string: for one prompt use [prompt]")
+    if isinstance(prompts, bytes | bytearray | memoryview):
+        raise PromptsError("prompts must be a list of strings, not bytes: decode them, e.g. [data.decode()]")
+    if isinstance(prompts, Mapping):
+        raise PromptsError(
+            f"prompts must be a list of strings, not a {type(prompts).__name__} (a run would only see its keys): "
+            "for a dict of prompts use list(d.values()), or list(d) for its keys"
+        )
+    if isinstance(prompts, set | frozenset):
+        raise PromptsError(
+            f"prompts must be a list of strings, not a {type(prompts).__name__}: a report keeps the order of its "
+            "prompts (answers[i] belongs to prompts[i]) and a set has none; use sorted(s), or a list"
+        )
     try:
-        items = list(prompts)
+        each: Iterator[Any] | None = iter(prompts)
     except TypeError:
-        raise ValueError(f"prompts must be a list of strings (got {type(prompts).__name__})") from None
-    for i, p in enumerate(items):
-        if not isinstance(p, str):
-            raise ValueError(f"prompts[{i}] must be a string (got {type(p).__name__})")
+        each = None
+    if each is None:  # raised here, not in the except: the message says it all
+        raise PromptsError(
+            f"prompts must be a list of strings (got {type(prompts).__name__}): pass a list of prompt strings, "
+            "e.g. ['Reply: a', 'Reply: b']"
+        )
+    items = []
+    for i, prompt in enumerate(each):
+        if not isinstance(prompt, str):
+            pairs = "; for a dict's prompts use list(d.values())" if isinstance(prompt, tuple) else ""
+            raise PromptsError(f"prompts[{i}] must be a string (got {type(prompt).__name__}){pairs}")
+        items.append(prompt)
     return items
 
 

@@ -5,14 +5,19 @@ everything at it. With ``LLM_BASE_URL`` (and ``LLM_MODEL``, ``LLM_API_KEY``) set
 OpenAI, Ollama or any OpenAI-compatible endpoint, and the quota guard (:attr:`Target.quota`, see
 ``helpers.quota``) keeps experiments at three calls in flight and within a budget of calls and tokens: every
 client a real-provider Target builds sends its requests through it. The key is a :class:`Secret`: it is never
-printed and never part of a repr.
+printed and never part of a repr, and a key that could not be sent in a header (a newline, a NUL, a non-ASCII
+letter) is refused before any request by a message that says what is wrong and where, never what the key is.
+No frame of a traceback from :func:`connect` holds the key in a plain local: a verbose traceback (IPython's, or
+``capture_locals``) prints locals, and the only one that holds the key is a :class:`Secret`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -37,12 +42,55 @@ class SetupError(RuntimeError):
     """Calls cannot go anywhere yet; the message says what to set or start."""
 
 
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL"}
+
+
+def _character_kind(char: str) -> str:
+    """What kind of character this is, in words that do not give the character away (unless it is a control)."""
+    if char == " ":
+        return "a space"
+    if not char.isascii():
+        return "a non-ASCII character"
+    return f"a control character ({_CONTROL_NAMES[char]})" if char in _CONTROL_NAMES else "a control character"
+
+
+def _key_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot be sent as a key (in an ``Authorization`` header), or None if it can.
+
+    The answer names the kind of the first wrong character and its position (counted from 1), never a character
+    of the key: a key is letters, digits and ASCII punctuation, nothing else.
+    """
+    if not value:
+        return f"{what} is empty: set it to your API key, or leave it out for an endpoint that needs none."
+    wrong = [i for i, char in enumerate(value) if not "!" <= char <= "~"]
+    if not wrong:
+        return None
+    first = wrong[0]
+    more = f" (and {len(wrong) - 1} more character{'s' if len(wrong) > 2 else ''} that cannot be in a key)"
+    return (
+        f"{what} contains {_character_kind(value[first])} at position {first + 1}{more if len(wrong) > 1 else ''}: "
+        "copy the key again without it (a key is letters, digits and ASCII punctuation only)."
+    )
+
+
 class Secret:
-    """A value that must not leak: its repr and str are masked; ``reveal()`` returns it."""
+    """A value that must not leak: its repr and str are masked; ``reveal()`` returns it.
+
+    It holds a key as it is sent in a header, so a key with a control character, a space or a non-ASCII
+    character in it is refused (:class:`SetupError`) with a message that says which kind and where, never what.
+    """
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, what: str = "The key") -> None:
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            del value  # a traceback prints the locals of this frame
+            raise TypeError(f"a Secret holds a key as a string (got {kind})")
+        problem = _key_problem(value, what)
+        if problem is not None:
+            del value  # a traceback prints the locals of this frame
+            raise SetupError(problem)
         self._value = value
 
     def reveal(self) -> str:
@@ -57,13 +105,15 @@ class Secret:
         raise TypeError("a Secret cannot be pickled or copied out of the process")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Target:
     """One place calls go: base URL (ending in ``/v1``), model name, key, and what kind of endpoint it is.
 
     ``quota`` is the quota guard every client of this target goes through. A real provider (no ``simulator``)
     always has one: the session's shared guard unless another is given. The simulator has none, unless one is
-    given on purpose (to show the guard at work without a real provider).
+    given on purpose (to show the guard at work without a real provider). ``api_key`` is a :class:`Secret`; given
+    as a string it is checked as :func:`connect` checks ``LLM_API_KEY`` (surrounding whitespace is dropped) and
+    kept as a Secret.
     """
 
     base_url: str
@@ -72,12 +122,36 @@ class Target:
     simulator: _simulator.Simulator | None = field(default=None, repr=False, compare=False)
     quota: _quota.QuotaGuard | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        guard = self.quota
-        if guard is None and self.simulator is None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: Secret | str | None = None,
+        simulator: _simulator.Simulator | None = None,
+        quota: _quota.QuotaGuard | None = None,
+    ) -> None:
+        # Every field is set before the key is checked, so that the repr works in a traceback from here.
+        object.__setattr__(self, "base_url", base_url)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "api_key", None)
+        object.__setattr__(self, "simulator", simulator)
+        object.__setattr__(self, "quota", quota)
+        if isinstance(api_key, str):
+            problem = _key_problem(api_key.strip(), "api_key") if api_key.strip() else None
+            if problem is not None:
+                del api_key  # a traceback prints the locals of this frame
+                raise SetupError(problem)
+            api_key = Secret(api_key.strip()) if api_key.strip() else None
+        elif api_key is not None and not isinstance(api_key, Secret):
+            kind = type(api_key).__name__
+            del api_key
+            raise TypeError(f"api_key must be a Secret or a string (got {kind})")
+        object.__setattr__(self, "api_key", api_key)
+        guard = quota
+        if guard is None and simulator is None:
             guard = _quota.session_guard()
         if guard is not None:  # the same budget, priced for this target's model
-            object.__setattr__(self, "quota", guard.for_model(self.model))
+            object.__setattr__(self, "quota", guard.for_model(model))
 
     @property
     def is_simulator(self) -> bool:
@@ -247,46 +321,145 @@ def _shared_simulator(settings: dict[str, Any]) -> _simulator.Simulator:
     return sim
 
 
+@dataclass(frozen=True)
+class _Environment:
+    """What :func:`connect` reads from the environment: the key only as a Secret (this repr is safe to print)."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key: Secret | None = None
+    key_problem: str | None = None  # why LLM_API_KEY cannot be sent, never quoting it
+    limits: dict[str, str] = field(default_factory=dict)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, those that are set
+    not_text: str | None = None  # a setting that is not a string (an ``env`` given by hand)
+
+
+_NAMES = ("LLM_BASE_URL", "LLM_MODEL", "LLM_API_KEY", "LLM_MAX_CALLS", "LLM_MAX_TOKENS")
+
+
+def _read_environment(env: Mapping[str, str] | None) -> _Environment:
+    """The few settings connect() uses, surrounding whitespace dropped.
+
+    It returns and never raises, so that this frame, which holds the environment (and so the key), is in no
+    traceback: the key leaves it only inside a Secret, or as a sentence saying what is wrong with it.
+    """
+    source = os.environ if env is None else env
+    odd = [name for name in _NAMES if not isinstance(source.get(name, ""), str)]
+    if odd:
+        return _Environment(not_text=f"{odd[0]} must be a string (got {type(source[odd[0]]).__name__})")
+    text = source.get("LLM_API_KEY", "").strip()
+    problem = _key_problem(text, "LLM_API_KEY") if text else None
+    return _Environment(
+        base_url=source.get("LLM_BASE_URL", "").strip(),
+        model=source.get("LLM_MODEL", "").strip(),
+        api_key=Secret(text) if text and problem is None else None,
+        key_problem=problem,
+        limits={name: source[name] for name in _NAMES[3:] if name in source},
+    )
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as LLM_BASE_URL, or None: a sentence fragment for the message."""
+    for i, char in enumerate(url):
+        if char == " " or not char.isprintable():
+            kind = _character_kind(char) if char.isascii() else "an invisible or space-like character"
+            return f"it contains {kind} at position {i + 1}"
+    if "://" not in url:
+        return "it has no http:// or https:// in front"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ or an IPv6 address that is not one
+        return f"its host is not a valid address ({exc}; an IPv6 address goes in [ ], e.g. http://[::1]:8000/v1)"
+    if parts.scheme not in ("http", "https"):
+        return f"it must start with http:// or https://, not {parts.scheme}://"
+    if "@" in parts.netloc:
+        return "it has a user name or password in it (before @): give the key in LLM_API_KEY instead"
+    host = parts.hostname
+    if not host:
+        return "it has no host name after the http:// or https://"
+    _, colon, port_text = parts.netloc.rsplit("]", 1)[-1].rpartition(":")  # after an IPv6 address's ]
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and colon and port_text):
+        return f"its port must be a number from 1 to 65535 (got {port_text!r})"
+    if parts.netloc.startswith("["):
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return f"its host [{host}] is not an IPv6 address"
+    else:
+        labels = host.removesuffix(".").split(".")
+        if not all(
+            label and label.strip("-") == label and all(c.isalnum() or c in "-_" for c in label) for label in labels
+        ):
+            return (
+                f"its host {host!r} is not a host name (names of letters, digits and '-' joined by dots, e.g. "
+                "api.openai.com) or an IP address"
+            )
+    if parts.query or "?" in url:
+        return "it has a query (?...) in it: the base URL ends at the path, e.g. .../v1"
+    if parts.fragment or "#" in url:
+        return "it has a fragment (#...) in it: the base URL ends at the path, e.g. .../v1"
+    return None
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as a message may show it: no user name or password, no query, and not too long."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = "***@" + authority.rpartition("@")[2]
+        url = scheme + sep + authority + slash + path
+    url = url.split("?", 1)[0] + ("?..." if "?" in url else "")
+    return url if len(url) <= 200 else url[:200] + "..."
+
+
 def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulator_settings: Any) -> Target:
     """Where calls go: the built-in simulator, unless ``LLM_BASE_URL`` names another endpoint.
 
     ``simulator_settings`` (``seed=1, latency=0.5, ...``) configure the simulator; calling ``connect`` again
     resets it to these settings. Against a real provider they are ignored. ``check`` makes one small request
-    (``GET /models``) so that a wrong URL or key fails here with a sentence saying what to fix.
+    (``GET /models``) so that a wrong URL or key fails here with a sentence saying what to fix; a key that could
+    not be sent in a header is refused before any request, with or without ``check``.
     """
-    env = dict(os.environ if env is None else env)
-    base_url = env.get("LLM_BASE_URL", "").strip()
-    if not base_url:
+    found = _read_environment(env)
+    del env  # it holds the key: keep it out of this frame, whose locals a verbose traceback prints
+    if found.not_text is not None:
+        raise SetupError(found.not_text)
+    if not found.base_url:  # the key, if any, is not used (nor sent) by the built-in simulator
         sim = _shared_simulator(simulator_settings)
-        model = env.get("LLM_MODEL", "").strip() or sim._config.models[0]
+        model = found.model or sim._config.models[0]
         if model not in sim._config.models:
             model = sim._config.models[0]
         return Target(base_url=sim.api_url, model=model, simulator=sim)
 
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = _url_problem(found.base_url)
+    if problem is not None:
         raise SetupError(
-            f"LLM_BASE_URL must be a URL such as https://api.openai.com/v1 or "
-            f"http://localhost:11434/v1 (got {base_url!r}); unset it to use the built-in simulator."
+            f"LLM_BASE_URL must be a URL such as https://api.openai.com/v1 or http://localhost:11434/v1 "
+            f"(got {_shown_url(found.base_url)!r}): {problem}; unset it to use the built-in simulator."
         )
-    model = env.get("LLM_MODEL", "").strip()
-    if not model:
+    if not found.model:
         raise SetupError(
             "Set LLM_MODEL to a model your endpoint serves, e.g. gpt-4o-mini (OpenAI) or llama3.2 (Ollama)."
         )
-    key_text = env.get("LLM_API_KEY", "").strip()
-    local = parts.hostname in _LOCAL_HOSTS
-    if not key_text and not local:
+    if found.key_problem is not None:  # refused before any request: a header cannot carry it
+        raise SetupError(found.key_problem)
+    host = urlsplit(found.base_url).hostname or ""
+    if found.api_key is None and host not in _LOCAL_HOSTS:
         raise SetupError(
-            f"Set LLM_API_KEY to your API key for {parts.hostname} (it is read from the environment and never printed)."
+            f"Set LLM_API_KEY to your API key for {host} (it is read from the environment and never printed)."
         )
     try:
-        guard = _quota.session_guard(env)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, when set, become the budget
+        guard = _quota.session_guard(found.limits)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, when set, become the budget
+        problem = None
     except ValueError as exc:
-        raise SetupError(str(exc)) from None
-    target = Target(
-        base_url=base_url.rstrip("/"), model=model, api_key=Secret(key_text) if key_text else None, quota=guard
-    )
+        problem = str(exc)
+    if problem is not None:
+        raise SetupError(problem)
+    target = Target(base_url=found.base_url.rstrip("/"), model=found.model, api_key=found.api_key, quota=guard)
     if check:
         target = _check(target)
     return target
@@ -305,22 +478,32 @@ def _env_proxy(url: str) -> str | None:
 
 
 def _check(target: Target) -> Target:
-    """One ``GET /models``: reachable? key accepted? a simulator started by hand?"""
+    """One ``GET /models``: reachable? key accepted? an OpenAI-compatible API? a simulator started by hand?
+
+    Errors are raised outside the ``except``: the library's own error, whose frames hold the request and its
+    headers (the key), is then not carried along as the ``__context__`` a traceback prints.
+    """
     url = target.base_url + "/models"
+    response: httpx.Response | None = None
+    problem = ""
     try:
         with httpx.Client(timeout=httpx.Timeout(5.0), headers=target._headers()) as client:
             response = client.get(url)
     except httpx.TimeoutException:
-        raise SetupError(
+        problem = (
             f"The LLM endpoint at {target.base_url} did not answer within 5 s; check LLM_BASE_URL "
             "and that the server is running, or unset LLM_BASE_URL to use the simulator."
-        ) from None
-    except httpx.HTTPError as exc:
-        reason = type(exc).__name__ if not str(exc) else str(exc)
-        raise SetupError(
+        )
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = str(exc) or type(exc).__name__
+        if target.api_key is not None and target.api_key.reveal() in reason:
+            reason = type(exc).__name__
+        problem = (
             f"Cannot reach the LLM endpoint at {target.base_url} ({reason}); start it or fix "
             "LLM_BASE_URL, or unset LLM_BASE_URL to use the built-in simulator."
-        ) from None
+        )
+    if response is None:
+        raise SetupError(problem)
     if response.status_code in (401, 403):
         what = "rejected LLM_API_KEY" if target.api_key else "needs a key: set LLM_API_KEY"
         raise SetupError(f"The LLM endpoint at {target.base_url} {what} (HTTP {response.status_code}).")
@@ -338,4 +521,26 @@ def _check(target: Target) -> Target:
                 f"to one of: {', '.join(served)}"
             )
         return Target(base_url=target.base_url, model=target.model, api_key=target.api_key, simulator=sim)
+    if response.is_success:
+        problem = _not_a_model_list(response)
+        if problem:
+            raise SetupError(
+                f"The server at {target.base_url} answered GET /models with {problem}, not an OpenAI-compatible "
+                "API: check LLM_BASE_URL (it usually ends in /v1, e.g. https://api.openai.com/v1 or "
+                "http://localhost:11434/v1), or unset it to use the built-in simulator."
+            )
     return target
+
+
+def _not_a_model_list(response: httpx.Response) -> str:
+    """What a successful answer to ``GET /models`` is, if it is not a model list (``{"data": [...]}``), else ""."""
+    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml") or response.text.lstrip().startswith("<"):
+        return f"a web page ({kind or 'no content type'})"
+    try:
+        body = response.json()
+    except ValueError:
+        return f"something that is not JSON ({kind or 'no content type'}) where a model list belongs"
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list) or body.get("object", "list") != "list":
+        return 'JSON that is not a model list (an OpenAI-compatible one is {"object": "list", "data": [...]})'
+    return ""
