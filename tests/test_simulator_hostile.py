@@ -580,3 +580,32 @@ def test_access_log_prints_one_line_per_request(cli_sim: Process) -> None:
     lines = cli_sim.output().splitlines()
     assert sum('"POST /v1/chat/completions HTTP/1.1" 200' in line for line in lines) == 3
     assert sum('"GET /health HTTP/1.1" 200' in line for line in lines) == 1
+
+
+# --- the other endpoints ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"[" * 100_000, 400),
+        (b"[1, 2]", 400),
+        (b'{"latency": 1e400}', 400),
+        (b'{"seed": ' + b"9" * 5000 + b"}", 400),
+        (b'{"fault_on": {"\\ud800": "500"}}', 400),
+        (b'{"script": {"1": ["x"]}}', 400),
+        (b'{"models": "' + b"m" * 5_000_000 + b'"}', 413),
+    ],
+    ids=["nested", "array", "huge-float", "huge-int", "surrogate", "script-list", "too-large"],
+)
+def test_a_bad_admin_config_is_a_json_error(sim: simulator.Simulator, body: bytes, status: int) -> None:
+    # Before: a deeply nested body answered a plain-text 500.
+    response = httpx.post(sim.base_url + "/admin/config", content=body, timeout=30)
+    assert_openai_error(response, status)
+    assert sim.config()["latency"] == 0.05  # nothing changed
+
+
+def test_unknown_paths_and_methods_are_openai_shaped(sim: simulator.Simulator) -> None:
+    assert "Invalid URL (GET /v1/nothing)" in assert_openai_error(httpx.get(sim.api_url + "/nothing"), 404)["message"]
+    assert_openai_error(httpx.get(sim.api_url + CHAT), 405)
+    assert_openai_error(httpx.delete(sim.base_url + "/admin/stats"), 405)

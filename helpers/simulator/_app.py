@@ -25,7 +25,16 @@ from starlette.types import Receive, Scope, Send
 
 from . import _text
 from ._config import ConfigError, SimulatorConfig
-from ._requests import MAX_BODY_BYTES, MAX_OUTPUT_TOKENS, Ask, BadRequest, load_json, parse_chat, parse_responses
+from ._requests import (
+    MAX_BODY_BYTES,
+    MAX_OUTPUT_TOKENS,
+    NOT_JSON,
+    Ask,
+    BadRequest,
+    load_json,
+    parse_chat,
+    parse_responses,
+)
 
 VERSION = "1"
 SIMULATOR_HEADER = "x-llm-simulator"
@@ -840,20 +849,33 @@ async def admin_reset(request: Request) -> Response:
 async def admin_config(request: Request) -> Response:
     state: State = request.app.state.sim
     if request.method == "POST":
+        example = 'send a JSON object of settings to change, e.g. {"fail_rate": 0.2}'
         try:
-            changes = json.loads(await request.body() or b"{}")
-            if not isinstance(changes, dict):
-                raise ConfigError('send a JSON object of settings to change, e.g. {"fail_rate": 0.2}')
+            raw = await _body(request)
+            changes = load_json(raw or b"{}")
             if "api_key" in changes:
                 raise ConfigError("the API key is fixed when the simulator starts (SIM_API_KEY or --api-key)")
             state.update(changes)
-        except json.JSONDecodeError:
-            return JSONResponse(
-                error_body('the body must be JSON, e.g. {"fail_rate": 0.2}', "invalid_request_error"), status_code=400
-            )
-        except (ConfigError, TypeError) as exc:
-            return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
-    return JSONResponse(state.config.public())
+        except BadRequest as bad:
+            message = example if bad.message.startswith(NOT_JSON[:30]) else bad.message
+            return _JSON(error_body(message, "invalid_request_error", bad.code), status_code=bad.status)
+        except (ConfigError, TypeError, ValueError, OverflowError) as exc:
+            return _JSON(error_body(str(exc), "invalid_request_error"), status_code=400)
+    return _JSON(state.config.public())
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """OpenAI's answer to a path or method it does not serve, instead of Starlette's plain text."""
+    status = getattr(exc, "status_code", 404)
+    message = f"Invalid URL ({request.method} {request.url.path[:200]})"
+    if status == 405:
+        message = f"Method not allowed: {request.method} {request.url.path[:200]}"
+    return _JSON(error_body(message, "invalid_request_error"), status_code=status)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug outside the chat endpoints (those answer their own): OpenAI's 500 body, not plain text."""
+    return _JSON(SERVER_ERROR, status_code=500)
 
 
 class _PoseAsProvider:
@@ -888,6 +910,7 @@ def create_app(config: SimulatorConfig | None = None, *, pose_as_provider: bool 
             Route("/admin/reset", admin_reset, methods=["POST"]),
             Route("/admin/config", admin_config, methods=["GET", "POST"]),
         ],
+        exception_handlers={404: _not_found, 405: _not_found, 500: _server_error},
     )
     app.state.sim = State(config or SimulatorConfig())
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
