@@ -197,6 +197,11 @@ if target.is_simulator:
 #   can still lose what the disk had not been given yet;
 # - **repair of a cut line**: a crash in the middle of a write (or a full disk) leaves half a line at the end, and
 #   the loop would append the next result to it, gluing two lines into one that is neither;
+# - **one writer at a time**: start the script twice on one checkpoint (a second terminal, a second cell) and both
+#   call every item; `run_batch` locks the checkpoint, and a second run is refused with the first one's pid;
+# - **answers that match their questions**: the loop knows items by id only, so a new list with the same ids and
+#   other texts gets the old answers; `run_batch` saves a digest of each text and refuses a changed one (or, with
+#   `redo_changed=True`, asks again), and it refuses a file that is not a checkpoint instead of writing into it;
 # - a **progress bar**, a **report** (counts, attempts, tokens, cost, a timeline), and answers in input order.
 #
 # `helpers.run_batch` is the same loop with those added: a thread pool (`run_threads`, lesson 02), retries
@@ -389,7 +394,8 @@ else:
 #   lines do it (a bounded pool, a write and a flush per result, a first look at the checkpoint), and a `kill -9`
 #   then costs at most the calls in flight.
 # - `run_batch` is that loop with what a real batch needs on top: retries, a throttle, `fsync`, repair of a cut
-#   line, progress, a report, and the quota guard's checks.
+#   line, a lock against a second writer, a digest that keeps an old answer from a changed question, progress, a
+#   report, and the quota guard's checks.
 # - Resume by reading the checkpoint first: call only the items without a result. A half-written last line is
 #   reported, removed and its item done again; a complete batch makes no call at all (idempotent).
 # - Failures are results: the final error is saved with its attempts, and `retry_failed=True` retries them later.
