@@ -5,7 +5,7 @@ Run by hand (not a test):
     .venv/bin/python benchmarks/hostile.py [--only NAME,...] [--fds 1024]
 
 Method. Each attack gets a fresh simulator process (``python -m helpers.simulator``, every call answered in a
-fixed 0.05 s) with its file-descriptor limit set to ``--fds``. Beside the attack, a bystander thread makes one
+fixed 0.05 s) with its file-descriptor limit set to ``--fds``. Beside the attack, a bystander process makes one
 small call after another, each on a new connection, for the whole attack; its **stall** is the worst time one of its
 calls took beyond the 0.05 s the server was asked to take. The table also gives the attack's own answer (status
 and size, or the error), the server's resident memory at its peak (``VmHWM``), and how many bytes it wrote to its
@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +48,7 @@ class Server:
     """A simulator process with a file-descriptor limit, its log in a temporary file."""
 
     def __init__(self, fds: int, *args: str) -> None:
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process, in stop())
 
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
@@ -79,28 +79,27 @@ class Server:
             self.process.wait(5)
         self.process.kill()
         self.process.wait()
+        self.log.close()
+        if self.process.stdout:
+            self.process.stdout.close()
 
 
-class Bystander(threading.Thread):
-    """Small calls one after another, each on a new connection (as a new user would arrive); remembers the worst
-    delay beyond the server's latency."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.worst, self.calls, self.errors = url, 0.0, 0, 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(base_url=self.url, timeout=60, limits=limits) as client:
-            while not self.done.is_set():
-                began = time.perf_counter()
-                try:
-                    client.post(CHAT, json=chat("Reply: ok", max_tokens=5)).raise_for_status()
-                except httpx.HTTPError:
-                    self.errors += 1
-                self.worst = max(self.worst, time.perf_counter() - began - LATENCY)
-                self.calls += 1
+def bystander(url: str, done: Any, result: Any) -> None:
+    """Small calls one after another, each on a new connection (as a new user would arrive), in a process of its
+    own (so that the attacker's work in this process cannot hold it up); puts (worst delay beyond the server's
+    latency, calls, errors) on ``result``."""
+    worst, calls, errors = 0.0, 0, 0
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=url, timeout=60, limits=limits) as client:
+        while not done.is_set():
+            began = time.perf_counter()
+            try:
+                client.post(CHAT, json=chat("Reply: ok", max_tokens=5)).raise_for_status()
+            except httpx.HTTPError:
+                errors += 1
+            worst = max(worst, time.perf_counter() - began - LATENCY)
+            calls += 1
+    result.put((worst, calls, errors))
 
 
 def post(url: str, body: bytes, timeout: float = 120) -> str:
@@ -163,19 +162,22 @@ def main() -> int:
     args = parser.parse_args()
     chosen = {n: a for n, a in attacks().items() if not args.only or n in args.only.split(",")}
     print(f"{'attack':<16} {'bystander stall':>16} {'peak RSS':>9} {'log':>10}  answer to the attack")
+    context = multiprocessing.get_context("spawn")
     for name, attack in chosen.items():
         server = Server(args.fds)
         try:
-            bystander = Bystander(server.url)
-            bystander.start()
-            time.sleep(0.3)
+            done, result = context.Event(), context.Queue()
+            watcher = context.Process(target=bystander, args=(server.url, done, result))
+            watcher.start()
+            time.sleep(1.0)  # the bystander is up and calling
             outcome = attack(server)
             time.sleep(0.3)
-            bystander.done.set()
-            bystander.join(60)
+            done.set()
+            worst, _, errors = result.get(timeout=60)
+            watcher.join(10)
             print(
-                f"{name:<16} {bystander.worst:>14.3f} s {server.peak_rss_mb():>6.0f} MB {server.log_bytes():>8,} B  "
-                f"{outcome}" + (f" ({bystander.errors} bystander errors)" if bystander.errors else ""),
+                f"{name:<16} {worst:>14.3f} s {server.peak_rss_mb():>6.0f} MB {server.log_bytes():>8,} B  "
+                f"{outcome}" + (f" ({errors} bystander errors)" if errors else ""),
                 flush=True,
             )
         finally:
