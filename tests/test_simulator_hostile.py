@@ -609,3 +609,85 @@ def test_unknown_paths_and_methods_are_openai_shaped(sim: simulator.Simulator) -
     assert "Invalid URL (GET /v1/nothing)" in assert_openai_error(httpx.get(sim.api_url + "/nothing"), 404)["message"]
     assert_openai_error(httpx.get(sim.api_url + CHAT), 405)
     assert_openai_error(httpx.delete(sim.base_url + "/admin/stats"), 405)
+
+
+def _fan_out(depth: int, width: int) -> dict[str, Any]:
+    """A small schema whose value is width ** depth parts: each definition requires `width` of the next."""
+    defs: dict[str, Any] = {}
+    for i in range(depth):
+        props = {f"p{j}": {"$ref": f"#/$defs/D{i + 1}"} for j in range(width)}
+        defs[f"D{i}"] = {"type": "object", "properties": props, "required": list(props)}
+    defs[f"D{depth}"] = {"type": "string"}
+    return {"$ref": "#/$defs/D0", "$defs": defs}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        _fan_out(6, 10),
+        {"type": "object", "properties": {f"a{i}": {"$ref": "#"} for i in range(6)}},
+        {
+            "type": "object",
+            "properties": {f"p{i}": {"$ref": "#/$defs/E"} for i in range(1000)},
+            "$defs": {"E": {"enum": [f"w{i}" for i in range(1000)]}},
+        },
+    ],
+    ids=["fan-out-10^6", "recursion-6-wide", "enum-1000-used-1000-times"],
+)
+def test_a_small_schema_cannot_make_a_huge_answer(sim: simulator.Simulator, schema: dict[str, Any]) -> None:
+    # Before: the 10^6 fan-out took 13 s of the event loop (270 MB), the recursion 11.5 s, the enum 158 s.
+    sim.configure(latency=0.0)
+    prompt = "".join(f"w{i}" for i in range(1000))[:10_000]  # every option a substring, none a word
+    response = post(sim, chat(prompt, response_format=schema_format(schema)))
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] <= MAX_OUTPUT_TOKENS
+    assert last_record(sim)["cpu_ms"] < 500
+
+
+def test_enums_are_limited_to_1000_values_in_all(sim: simulator.Simulator) -> None:
+    schema = {"type": "object", "properties": {f"p{i}": {"enum": list(range(600))} for i in range(2)}}
+    error = assert_openai_error(post(sim, chat(response_format=schema_format(schema))), 400)
+    assert "more than 1000 values" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 50,  # a TLS hello to an http:// port
+    ],
+    ids=["negative-length", "bad-chunk", "tls-hello"],
+)
+def test_a_request_that_is_not_http_gets_a_json_400(sim: simulator.Simulator, raw: bytes) -> None:
+    # Before: uvicorn's plain-text "Invalid HTTP request received."
+    port = int(sim.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"models": [[1]]}, "models must be a list of names"),
+        ({"models": {"a": 1}}, "models must be a list of names"),
+        ({"models": 5}, "models must be a list of names"),
+        ({"fail_kinds": 5}, "fail_kinds must be a list of names"),
+        ({"fault_on": [["a", "500"]]}, "fault_on must map prompt text"),
+        ({"script": {" 1_0": "500"}}, "script keys are request numbers"),
+        ({"script": ["x"]}, "script must map request numbers"),
+        ({"seed": 10**300}, "seed must be a whole number of at most 19 digits"),
+        ({"seed": 1e300}, "seed must be a whole number"),
+        ({"rpm": 10**12}, "at most 1e+09"),
+    ],
+)
+def test_admin_config_refuses_loose_values(sim: simulator.Simulator, changes: dict[str, Any], words: str) -> None:
+    response = httpx.post(sim.base_url + "/admin/config", json=changes, timeout=10)
+    assert words in assert_openai_error(response, 400)["message"]

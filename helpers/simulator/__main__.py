@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.access_log:  # the log level above would drop uvicorn's access lines, which are INFO
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    logging.getLogger("asyncio").addFilter(QuietAccepts())
+    quiet = QuietAccepts()
+    logging.getLogger("asyncio").addFilter(quiet)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     server = GuardedServer(uvicorn_config)
     url = f"http://127.0.0.1:{port}"
     if args.exit_with_parent:

@@ -292,10 +292,11 @@ def _plan(state: State, ask: Ask) -> dict[str, Any]:
     finish = "stop"
     try:
         if tool is not None:
-            content = json.dumps(_text.value_for_schema(tool.get("parameters") or {}, ask.prompt, rng, limit))
-            finish = "tool_calls"
+            value, whole = _text.fill_schema(tool.get("parameters") or {}, ask.prompt, rng, limit)
+            content, finish = json.dumps(value), "tool_calls" if whole else "length"
         elif ask.schema is not None:
-            content = json.dumps(_text.value_for_schema(ask.schema, ask.prompt, rng, limit))
+            value, whole = _text.fill_schema(ask.schema, ask.prompt, rng, limit)
+            content, finish = json.dumps(value), "stop" if whole else "length"
     except _text.NoFiniteValue as exc:
         where = "tools" if tool is not None else "response_format"
         raise BadRequest(f"Invalid schema for '{where}': it has no finite value ({exc}).", where) from None

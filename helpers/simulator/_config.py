@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 def _number(name: str, value: Any, *, minimum: float, maximum: float = math.inf, integer: bool = False) -> Any:
     kind = "a whole number" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be {kind} (got {value!r})")
-    if integer and not float(value).is_integer():
+        raise ConfigError(f"{name} must be {kind} (got {_shown(value)})")
+    if isinstance(value, int) and abs(value) > 2**63:  # also what float() could not take
+        raise ConfigError(f"{name} must be {kind} of at most 19 digits (got one of {len(str(abs(value)))} digits)")
+    if integer and (isinstance(value, float) and (not value.is_integer() or abs(value) > 2**53)):
         raise ConfigError(f"{name} must be {kind} (got {value!r})")
     if math.isnan(value) or value < minimum or value > maximum:
         upper = "" if maximum == math.inf else f" and at most {maximum:g}"
@@ -73,7 +75,7 @@ class SimulatorConfig:
         self.validate()
 
     def validate(self) -> None:
-        self.seed = _number("seed", self.seed, minimum=-(2**63), integer=True)
+        self.seed = _number("seed", self.seed, minimum=-(2**63), maximum=2**63 - 1, integer=True)
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)} (got {self.profile!r})")
         if self.latency is not None:
@@ -82,45 +84,51 @@ class SimulatorConfig:
         self.tokens_per_second = _number("tokens_per_second", self.tokens_per_second, minimum=1e-3)
         self.spread = _number("spread", self.spread, minimum=0, maximum=0.95)
         if self.capacity is not None:
-            self.capacity = _number("capacity", self.capacity, minimum=1, integer=True)
+            self.capacity = _number("capacity", self.capacity, minimum=1, maximum=10**9, integer=True)
         if self.rpm is not None:
-            self.rpm = _number("rpm (requests per minute)", self.rpm, minimum=1, integer=True)
+            self.rpm = _number("rpm (requests per minute)", self.rpm, minimum=1, maximum=10**9, integer=True)
         if self.tpm is not None:
-            self.tpm = _number("tpm (tokens per minute)", self.tpm, minimum=1, integer=True)
+            self.tpm = _number("tpm (tokens per minute)", self.tpm, minimum=1, maximum=10**9, integer=True)
         self.burst = _number(
             "burst (seconds' worth of rpm/tpm a full bucket holds)", self.burst, minimum=0.01, maximum=60
         )
         self.fail_rate = _number("fail_rate", self.fail_rate, minimum=0, maximum=1)
-        if isinstance(self.fail_kinds, str):
-            self.fail_kinds = tuple(k.strip() for k in self.fail_kinds.split(",") if k.strip())
-        self.fail_kinds = tuple(str(k) for k in self.fail_kinds)
+        self.fail_kinds = _names("fail_kinds", self.fail_kinds, '["500", "429"]') if self.fail_kinds else ()
         if not self.fail_kinds:
             raise ConfigError(f"fail_kinds needs at least one of {', '.join(FAULT_KINDS)}")
         for kind in self.fail_kinds:
             _check_kind("fail_kinds", kind)
+        if not isinstance(self.script, dict):
+            raise ConfigError(
+                f'script must map request numbers to faults, e.g. {{"3": "429"}} (got {_shown(self.script)})'
+            )
         script: dict[int, str] = {}
-        for key, kind in dict(self.script).items():
-            try:
-                number = int(key)
-            except (TypeError, ValueError):
-                raise ConfigError(f"script keys are request numbers 1, 2, 3, ... (got {key!r})") from None
+        for key, kind in self.script.items():
+            if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+                raise ConfigError(f"script keys are request numbers 1, 2, 3, ... (got {_shown(key)})")
+            number = int(key)
+            if not isinstance(kind, str):
+                raise ConfigError(f"script[{number}] must be a fault name such as '500' (got {_shown(kind)})")
             if number < 1:
                 raise ConfigError(f"script keys are request numbers starting at 1 (got {key!r})")
             script[number] = _check_kind(f"script[{number}]", str(kind))
         self.script = script
+        if not isinstance(self.fault_on, dict):
+            raise ConfigError(
+                f'fault_on must map prompt text to faults, e.g. {{"beta": "500"}} (got {_shown(self.fault_on)})'
+            )
         fault_on: dict[str, str] = {}
-        for text, kind in dict(self.fault_on).items():
+        for text, kind in self.fault_on.items():
             if not isinstance(text, str) or not text:
                 raise ConfigError(f"fault_on keys are pieces of prompt text, e.g. {{'beta': '500'}} (got {text!r})")
             fault_on[text] = _check_kind(f"fault_on[{text!r}]", str(kind))
         self.fault_on = fault_on
         self.hang_seconds = _number("hang_seconds", self.hang_seconds, minimum=0, maximum=86400)
         if self.quota_requests is not None:
-            self.quota_requests = _number("quota_requests", self.quota_requests, minimum=0, integer=True)
-        if isinstance(self.models, str):
-            self.models = (self.models,)
-        self.models = tuple(str(m) for m in self.models)
-        if not self.models or not all(self.models):
+            self.quota_requests = _number("quota_requests", self.quota_requests, minimum=0, maximum=10**9, integer=True)
+        self.models = (self.models,) if isinstance(self.models, str) and self.models else self.models
+        self.models = _names("models", self.models, '["sim-1"]') if self.models else ()
+        if not self.models:
             raise ConfigError("models needs at least one non-empty model name")
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ConfigError("api_key must be a string")
@@ -149,6 +157,20 @@ class SimulatorConfig:
         shown = {k: v for k, v in self.public().items() if k != "api_key"}
         key = ", api_key=<set>" if self.api_key else ""
         return "SimulatorConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + key + ")"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _names(name: str, value: Any, example: str) -> tuple[str, ...]:
+    """A list of non-empty strings (or one string, split at commas), else a ConfigError naming the setting."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name} must be a list of names, e.g. {example} (got {_shown(value)})")
+    return tuple(value)
 
 
 def _check_kind(where: str, kind: str) -> str:

@@ -13,7 +13,8 @@ changes:
   its place, not a new one), else the one idle longest between requests; if every connection is busy with a
   request, the new one gets a 503 in OpenAI's error shape;
 - **one log line a minute** for each kind of event (slow connections closed, connections refused, an accept
-  that ran out of descriptors), with the count since the last line, instead of one per event.
+  that ran out of descriptors, requests that are not HTTP), with the count since the last line, instead of one
+  per event; and requests that are not HTTP get OpenAI's error shape, not plain text.
 """
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ class GuardedH11(H11Protocol):
             self._waiting_since = None
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request HTTP itself cannot read (a bad Content-Length, a broken chunk, a TLS hello): OpenAI's error
+        shape, not uvicorn's plain text."""
+        self._disarm()
+        message = f"{msg} The request is not valid HTTP/1.1; the connection is closed."
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+        head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        head += f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        if not self.transport.is_closing():
+            self.transport.write(head.encode() + body.encode())
+            self.transport.close()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._idle_since = time.monotonic()
@@ -148,17 +161,23 @@ class GuardedH11(H11Protocol):
 
 
 class QuietAccepts(logging.Filter):
-    """Lets asyncio's "socket.accept() out of system resource" through once a minute, with a count."""
+    """Lets through, once a minute and with a count, the lines a flood would repeat: asyncio's "socket.accept()
+    out of system resource" and uvicorn's "Invalid HTTP request received."."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.throttled = Throttled("could not accept connections: out of file descriptors (raise `ulimit -n`)")
+        self.accepts = Throttled("could not accept connections: out of file descriptors (raise `ulimit -n`)")
+        self.invalid = Throttled("answered requests that were not valid HTTP with 400")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "out of system resource" not in record.getMessage():
-            return True
-        self.throttled()
-        return False
+        message = record.getMessage()
+        if "out of system resource" in message:
+            self.accepts()
+            return False
+        if message.startswith("Invalid HTTP request received"):
+            self.invalid()
+            return False
+        return True
 
 
 class GuardedServer(uvicorn.Server):

@@ -472,7 +472,7 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
         if name in schema:
             defs.update({f"#/{name}/{k}": v for k, v in _object(schema[name], f"{param}.{name}").items()})
     stack: list[tuple[Any, str, int]] = [(schema, "", 1)]
-    nodes = 0
+    nodes = enum_values = 0
     while stack:
         node, at, depth = stack.pop()
         nodes += 1
@@ -510,8 +510,9 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
         if "enum" in node:
             if not isinstance(node["enum"], list) or not node["enum"]:
                 raise bad("enum must be a non-empty array of values")
-            if len(node["enum"]) > MAX_ENUM:
-                raise bad(f"enum has more than {MAX_ENUM} values")
+            enum_values += len(node["enum"])
+            if enum_values > MAX_ENUM:
+                raise bad(f"its enums have more than {MAX_ENUM} values in all (OpenAI's limit)")
         for key in ("anyOf", "oneOf", "allOf"):
             if key in node:
                 options = node[key]

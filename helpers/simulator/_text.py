@@ -285,13 +285,21 @@ MAX_REFS = 32
 
 
 def value_for_schema(schema: dict[str, Any], prompt: str, rng: random.Random, budget: int = 16_384) -> Any:
+    """Like :func:`fill_schema`, the value only."""
+    return fill_schema(schema, prompt, rng, budget)[0]
+
+
+def fill_schema(schema: dict[str, Any], prompt: str, rng: random.Random, budget: int = 16_384) -> tuple[Any, bool]:
     """A value that validates against a (checked) JSON schema, chosen from the prompt where it can be.
 
     ``budget`` bounds the answer: arrays stop growing once about that many tokens are built (a ``minItems`` of a
     million costs no more than a full answer), and the caller cuts the text to its token limit. Recursive
     schemas end: past a few nested ``$ref`` s, only what is required is built. A schema that can only be
-    satisfied by an infinitely deep value raises :class:`NoFiniteValue`."""
-    return _Builder(schema, prompt, rng, budget).value(schema, "", 0)
+    satisfied by an infinitely deep value raises :class:`NoFiniteValue`. The second item is False when the
+    budget ran out before the value was whole (the answer then ends with ``finish_reason: "length"``)."""
+    builder = _Builder(schema, prompt, rng, budget)
+    value = builder.value(schema, "", 0)
+    return value, builder.budget > 0
 
 
 class _Builder:
@@ -301,9 +309,13 @@ class _Builder:
         self.words = set(re.findall(r"\w+", self.hint))
         self.mood = sentiment(self.hint)
         self.answer = rule_answer(prompt)
+        self.labels: dict[int, Any] = {}
 
     def value(self, schema: dict[str, Any], name: str, refs: int) -> Any:
         rng = self.rng
+        self.budget -= 1  # every part built costs something: no schema builds more than the budget allows
+        if self.budget <= 0:
+            return _smallest(schema)
         if "$ref" in schema:
             if refs >= MAX_REFS:
                 raise NoFiniteValue(f"$ref {schema['$ref']!r} refers back to itself through required parts only")
@@ -324,7 +336,10 @@ class _Builder:
         if "const" in schema:
             return schema["const"]
         if "enum" in schema:
-            return self.label(list(schema["enum"]))
+            enum = id(schema["enum"])  # the same enum, used by many properties, is chosen from once
+            if enum not in self.labels:
+                self.labels[enum] = self.label(list(schema["enum"]))
+            return self.labels[enum]
         kind = schema.get("type")
         if isinstance(kind, list):
             kind = next((k for k in kind if k != "null"), "null")
@@ -377,8 +392,40 @@ class _Builder:
             return options[lowered.index(mood)]
         if mood is None and "neutral" in lowered:
             return options[lowered.index("neutral")]
-        hint = self.hint
         for option, low in zip(options, lowered, strict=True):
-            if low in self.words or (low and low in hint and re.search(rf"\b{re.escape(low)}\b", hint)):
+            if low in self.words or (low and _has_word(self.hint, low)):
                 return option
         return self.rng.choice(options)
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _has_word(text: str, phrase: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as a whole word (as ``\\b...\\b`` would find it), without a regex."""
+    start = text.find(phrase)
+    for _ in range(100):  # a phrase that occurs everywhere is looked at a bounded number of times
+        if start == -1:
+            return False
+        end = start + len(phrase)
+        before = start == 0 or not (_word_char(phrase[0]) and _word_char(text[start - 1]))
+        after = end == len(text) or not (_word_char(phrase[-1]) and _word_char(text[end]))
+        if before and after:
+            return True
+        start = text.find(phrase, start + 1)
+    return False
+
+
+def _smallest(schema: dict[str, Any]) -> Any:
+    """The smallest value of a schema's kind, built without looking further in: what is left once the budget is
+    spent (the answer is then cut at its token limit anyway)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    smallest: dict[str, Any] = {"object": {}, "array": [], "string": "", "integer": 0, "number": 0, "boolean": False}
+    return smallest.get(kind or ("object" if "properties" in schema else ""))
