@@ -19,7 +19,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -142,6 +142,8 @@ class State:
         self.by_fault: Counter[str] = Counter()
         self.retries_seen = 0
         self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+        self.encoded: dict[int, bytes] = {}  # a finished record's JSON, by its number: /admin/stats encodes it once
+        self.generation = getattr(self, "generation", 0) + 1  # a request from before a reset is not of this one
         self.seen_bodies: Counter[str] = Counter()
         self.apply_limits()
 
@@ -446,6 +448,9 @@ async def _handle(request: Request, api: str) -> Response:
     }
     if record["retry"] > 0:
         state.retries_seen += 1
+    generation = state.generation
+    if len(state.records) == MAX_RECORDS:
+        state.encoded.pop(state.records[0]["n"], None)
     state.records.append(record)
     state.in_flight += 1
     state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
@@ -465,7 +470,7 @@ async def _handle(request: Request, api: str) -> Response:
         record["outcome"] = "simulator error"
         response = _json(state, record, 500, SERVER_ERROR)
     finally:
-        _after(response, lambda: _finished(state, record))
+        _after(response, lambda: _finished(state, record, generation))
     return response
 
 
@@ -519,10 +524,12 @@ def _after(response: Response | None, done: Callable[[], None]) -> None:
         done()
 
 
-def _finished(state: State, record: dict[str, Any]) -> None:
+def _finished(state: State, record: dict[str, Any], generation: int) -> None:
     state.in_flight -= 1
     if record["ended"] is None:
         record["ended"] = time.time()
+    if generation == state.generation:
+        state.encoded[record["n"]] = _dumps(record)
     state.by_status[str(record["status"])] += 1
     if record["fault"]:
         state.by_fault[record["fault"]] += 1
@@ -835,10 +842,34 @@ async def health(request: Request) -> Response:
     )
 
 
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 async def admin_stats(request: Request) -> Response:
+    """The stats, the records sent 500 at a time: between batches other requests take their turn, and a client
+    that does not read holds up only its own answer (the next batch waits until the last one is taken). A
+    finished record is encoded once, when it finishes."""
     state: State = request.app.state.sim
-    with_records = request.query_params.get("records", "1") not in ("0", "false", "no")
-    return _JSON(state.stats(with_records))
+    if request.query_params.get("records", "1") in ("0", "false", "no"):
+        return _JSON(state.stats(with_records=False))
+    head = state.stats(with_records=False)
+    records = list(state.records)
+    encoded = state.encoded
+
+    async def pieces() -> Any:
+        yield _dumps(head)[:-1] + b',"records":['
+        for start in range(0, len(records), 500):
+            if start:
+                await asyncio.sleep(0)
+                yield b","
+            yield b",".join(encoded.get(r["n"]) or _dumps(r) for r in records[start : start + 500])
+        yield b"]}"
+
+    return StreamingResponse(pieces(), media_type="application/json")
 
 
 async def admin_reset(request: Request) -> Response:
