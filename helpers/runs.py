@@ -840,7 +840,7 @@ async def run_naive_async(
     model: str,
     prompts: Iterable[str],
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     max_tokens: int | None = None,
     make_client: Callable[[], Any] | None = None,
@@ -848,13 +848,17 @@ async def run_naive_async(
     """A new ``httpx.AsyncClient`` for every call and an unbounded ``gather``: the pattern to avoid (lesson 03).
 
     ``make_client()``, if given, builds each call's client instead (``run`` passes ``target.async_client`` for a
-    real provider, so that the quota guard sees these calls too)."""
+    real provider, so that the quota guard sees these calls too). ``headers`` are kept as ``httpx.Headers``, whose
+    repr masks the key: every call's frame can see them, and a failed call's traceback prints its locals."""
     import httpx
 
     from .calls import answer_from, chat_request
 
+    masked = httpx.Headers(headers)
+    del headers  # a dict would show the key in this frame's locals
+
     async def call(prompt: str) -> str:
-        fresh = make_client() if make_client else httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        fresh = make_client() if make_client else httpx.AsyncClient(base_url=base_url, headers=masked, timeout=timeout)
         async with fresh as client:
             response = await client.post("/chat/completions", json=chat_request(model, prompt, max_tokens=max_tokens))
             return answer_from(response)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = ["REAL_PROVIDER_MAX_IN_FLIGHT", "Secret", "SetupError", "Target", "con
 REAL_PROVIDER_MAX_IN_FLIGHT = _quota.DEFAULT_MAX_IN_FLIGHT
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+MAX_KEY_LENGTH = 1000  # a longer LLM_API_KEY is refused before any request (no provider's key is that long)
 
 
 class SetupError(RuntimeError):
@@ -62,6 +64,13 @@ def _key_problem(value: str, what: str) -> str | None:
     """
     if not value:
         return f"{what} is empty: set it to your API key, or leave it out for an endpoint that needs none."
+    if len(value) > MAX_KEY_LENGTH:
+        return (
+            f"{what} is {len(value):,} characters long, longer than any API key (at most {MAX_KEY_LENGTH:,}): "
+            "copy the key again, and only the key."
+        )
+    if "://" in value:
+        return f"{what} looks like a URL (it contains ://): LLM_BASE_URL and LLM_API_KEY may be swapped."
     wrong = [i for i, char in enumerate(value) if not "!" <= char <= "~"]
     if not wrong:
         return None
@@ -184,12 +193,13 @@ class Target:
     def __repr__(self) -> str:
         kind = "simulator" if self.is_simulator else "provider"
         key = ", key=<set>" if self.api_key else ""
-        return f"Target({kind} {self.base_url}, model={self.model!r}{key})"
+        return f"Target({kind} {_shown_url(self.base_url)}, model={self.model!r}{key})"
 
     # --- clients --------------------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key.reveal()}"} if self.api_key else {}
+    def _headers(self) -> httpx.Headers:
+        # httpx.Headers, whose repr masks the key: a frame that holds these headers prints "[secure]".
+        return httpx.Headers({"Authorization": f"Bearer {self.api_key.reveal()}"} if self.api_key else {})
 
     def _limits(self, connections: int) -> httpx.Limits:
         # Keep-alive slots at least as many as the callers sharing the client (see DESIGN pitfalls).
@@ -233,19 +243,21 @@ class Target:
         return httpx2.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
 
     def _provider(self) -> Any:
-        key = self.api_key.reveal() if self.api_key else "no-key-needed"
+        # The key goes straight into the library call, never into a local of this frame (a traceback prints those).
         host = urlsplit(self.base_url).hostname or ""
         http_client = self._guarded_httpx2(sync=False) if self.quota is not None else None
         provider: Any
         if host == "api.openai.com":
             from pydantic_ai.providers.openai import OpenAIProvider
 
-            provider = OpenAIProvider(base_url=self.base_url, api_key=key, http_client=http_client)
+            provider = OpenAIProvider(base_url=self.base_url, api_key=self._key_text(), http_client=http_client)
         else:
             from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 
             name = "llm-simulator" if self.is_simulator else "openai-compatible"
-            provider = OpenAICompatibleProvider(name, base_url=self.base_url, api_key=key, http_client=http_client)
+            provider = OpenAICompatibleProvider(
+                name, base_url=self.base_url, api_key=self._key_text(), http_client=http_client
+            )
         if http_client is not None:
             # The provider owns the guarded client as it owns the one it makes by default: leaving the agent
             # (``async with``) closes it, and a run on another event loop gets a fresh one, through the guard too.
@@ -269,19 +281,21 @@ class Target:
         """The official OpenAI SDK client (sync) pointed at this target; ``options`` go to ``openai.OpenAI``."""
         import openai
 
-        key = self.api_key.reveal() if self.api_key else "no-key-needed"
         if self.quota is not None:
             options["http_client"] = self._sdk_http_client(options, sync=True)
-        return openai.OpenAI(base_url=self.base_url, api_key=key, **options)
+        return openai.OpenAI(base_url=self.base_url, api_key=self._key_text(), **options)
 
     def async_openai_client(self, **options: Any) -> openai.AsyncOpenAI:
         """The official OpenAI SDK client (async) pointed at this target."""
         import openai
 
-        key = self.api_key.reveal() if self.api_key else "no-key-needed"
         if self.quota is not None:
             options["http_client"] = self._sdk_http_client(options, sync=False)
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **options)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key_text(), **options)
+
+    def _key_text(self) -> str:
+        """The key for an SDK's ``api_key=``: pass it inline, never bind it to a local (a traceback prints those)."""
+        return self.api_key.reveal() if self.api_key else "no-key-needed"
 
     def _sdk_http_client(self, options: dict[str, Any], *, sync: bool) -> Any:
         if options.get("http_client") is not None:
@@ -331,6 +345,11 @@ class _Environment:
     key_problem: str | None = None  # why LLM_API_KEY cannot be sent, never quoting it
     limits: dict[str, str] = field(default_factory=dict)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, those that are set
     not_text: str | None = None  # a setting that is not a string (an ``env`` given by hand)
+    swapped: str | None = None  # LLM_BASE_URL or LLM_MODEL, if it contains the value of LLM_API_KEY
+
+    def __repr__(self) -> str:  # connect() holds one in a local: show the URL only as a message would
+        url, model = (_shown_url(self.base_url), _shown(self.model)) if self.swapped is None else ("(not shown)",) * 2
+        return f"_Environment(base_url={url!r}, model={model!r}, key_problem={self.key_problem!r}, ...)"
 
 
 _NAMES = ("LLM_BASE_URL", "LLM_MODEL", "LLM_API_KEY", "LLM_MAX_CALLS", "LLM_MAX_TOKENS")
@@ -348,12 +367,15 @@ def _read_environment(env: Mapping[str, str] | None) -> _Environment:
         return _Environment(not_text=f"{odd[0]} must be a string (got {type(source[odd[0]]).__name__})")
     text = source.get("LLM_API_KEY", "").strip()
     problem = _key_problem(text, "LLM_API_KEY") if text else None
+    # A key pasted into the wrong setting would be echoed by the message about that setting: refuse it first.
+    swapped = [name for name in _NAMES[:2] if len(text) >= 8 and text in source.get(name, "")]
     return _Environment(
         base_url=source.get("LLM_BASE_URL", "").strip(),
         model=source.get("LLM_MODEL", "").strip(),
         api_key=Secret(text) if text and problem is None else None,
         key_problem=problem,
         limits={name: source[name] for name in _NAMES[3:] if name in source},
+        swapped=swapped[0] if swapped else None,
     )
 
 
@@ -370,7 +392,7 @@ def _url_problem(url: str) -> str | None:
     except ValueError as exc:  # an unclosed [ or an IPv6 address that is not one
         return f"its host is not a valid address ({exc}; an IPv6 address goes in [ ], e.g. http://[::1]:8000/v1)"
     if parts.scheme not in ("http", "https"):
-        return f"it must start with http:// or https://, not {parts.scheme}://"
+        return f"it must start with http:// or https://, not {_shown(parts.scheme)}://"
     if "@" in parts.netloc:
         return "it has a user name or password in it (before @): give the key in LLM_API_KEY instead"
     host = parts.hostname
@@ -382,21 +404,25 @@ def _url_problem(url: str) -> str | None:
     except ValueError:
         port = 0
     if port == 0 or (port is None and colon and port_text):
-        return f"its port must be a number from 1 to 65535 (got {port_text!r})"
+        return f"its port must be a number from 1 to 65535 (got {_shown(port_text)!r})"
     if parts.netloc.startswith("["):
         try:
             ipaddress.ip_address(host.partition("%")[0])
         except ValueError:
-            return f"its host [{host}] is not an IPv6 address"
+            return f"its host [{_shown(host)}] is not an IPv6 address"
     else:
         labels = host.removesuffix(".").split(".")
         if not all(
             label and label.strip("-") == label and all(c.isalnum() or c in "-_" for c in label) for label in labels
         ):
             return (
-                f"its host {host!r} is not a host name (names of letters, digits and '-' joined by dots, e.g. "
-                "api.openai.com) or an IP address"
+                f"its host {_shown(host)!r} is not a host name (names of letters, digits and '-' joined by dots, "
+                "e.g. api.openai.com) or an IP address"
             )
+        if len(host) > 253 or any(len(label) > 63 for label in labels):
+            return f"its host {_shown(host)!r} is too long (a host name is at most 253 characters, 63 between dots)"
+        if not _encodes(host):
+            return f"its host {_shown(host)!r} is not a host name that can be looked up (IDNA)"
     if parts.query or "?" in url:
         return "it has a query (?...) in it: the base URL ends at the path, e.g. .../v1"
     if parts.fragment or "#" in url:
@@ -404,8 +430,34 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _encodes(host: str) -> bool:
+    """Whether ``host`` can be encoded for a DNS lookup, as the socket library and httpx (``idna``) do it."""
+    import idna
+
+    try:
+        host.encode("idna")
+        if not host.isascii() or "xn--" in host.lower():
+            idna.encode(host.lower())
+    except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
+        return False
+    return True
+
+
+_NOT_SHOWN = "(not shown: it looks like a key)"
+# A part of a URL that looks like a key is never echoed. The rule, kept simple on purpose: it starts with "sk-",
+# or it is 20 or more characters of letters, digits, "-" and "_" with at least one letter and one digit in it.
+_KEY_LIKE = re.compile(r"(?<![\w-])(?:sk-[^/:@?#.]*|(?=[\w-]*[A-Za-z])(?=[\w-]*\d)[\w-]{20,})", re.ASCII)
+
+
+def _shown(part: str) -> str:
+    """A piece of a setting (a host, a port, a model name) as a message may show it: no key, not too long."""
+    part = _KEY_LIKE.sub(_NOT_SHOWN, part)
+    return part if len(part) <= 200 else part[:200] + "..."
+
+
 def _shown_url(url: str) -> str:
-    """``url`` as a message may show it: no user name or password, no query, and not too long."""
+    """``url`` as a message may show it: no user name or password, no query, no part that looks like a key (see
+    ``_KEY_LIKE``), and not too long."""
     scheme, sep, rest = url.partition("://")
     if sep:
         authority, slash, path = rest.partition("/")
@@ -413,7 +465,7 @@ def _shown_url(url: str) -> str:
             authority = "***@" + authority.rpartition("@")[2]
         url = scheme + sep + authority + slash + path
     url = url.split("?", 1)[0] + ("?..." if "?" in url else "")
-    return url if len(url) <= 200 else url[:200] + "..."
+    return _shown(url)
 
 
 def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulator_settings: Any) -> Target:
@@ -428,6 +480,8 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
     del env  # it holds the key: keep it out of this frame, whose locals a verbose traceback prints
     if found.not_text is not None:
         raise SetupError(found.not_text)
+    if found.swapped is not None:  # said without echoing either setting
+        raise SetupError(f"{found.swapped} contains the value of LLM_API_KEY: the two may be swapped; set each alone.")
     if not found.base_url:  # the key, if any, is not used (nor sent) by the built-in simulator
         sim = _shared_simulator(simulator_settings)
         model = found.model or sim._config.models[0]
@@ -437,9 +491,10 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
 
     problem = _url_problem(found.base_url)
     if problem is not None:
+        shown = _shown_url(found.base_url)  # not on the raise line: IPython's verbose mode prints found.base_url
         raise SetupError(
             f"LLM_BASE_URL must be a URL such as https://api.openai.com/v1 or http://localhost:11434/v1 "
-            f"(got {_shown_url(found.base_url)!r}): {problem}; unset it to use the built-in simulator."
+            f"(got {shown!r}): {problem}; unset it to use the built-in simulator."
         )
     if not found.model:
         raise SetupError(
@@ -450,7 +505,7 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
     host = urlsplit(found.base_url).hostname or ""
     if found.api_key is None and host not in _LOCAL_HOSTS:
         raise SetupError(
-            f"Set LLM_API_KEY to your API key for {host} (it is read from the environment and never printed)."
+            f"Set LLM_API_KEY to your API key for {_shown(host)} (it is read from the environment and never printed)."
         )
     try:
         guard = _quota.session_guard(found.limits)  # LLM_MAX_CALLS / LLM_MAX_TOKENS, when set, become the budget
@@ -480,10 +535,11 @@ def _env_proxy(url: str) -> str | None:
 def _check(target: Target) -> Target:
     """One ``GET /models``: reachable? key accepted? an OpenAI-compatible API? a simulator started by hand?
 
-    Errors are raised outside the ``except``: the library's own error, whose frames hold the request and its
-    headers (the key), is then not carried along as the ``__context__`` a traceback prints.
+    Any exception from building or sending the request becomes a :class:`SetupError`, raised outside the
+    ``except``: the library's error, whose frames hold the request, is not carried along as its ``__context__``.
     """
     url = target.base_url + "/models"
+    shown = _shown_url(target.base_url)  # every message shows the URL only like this
     response: httpx.Response | None = None
     problem = ""
     try:
@@ -491,33 +547,33 @@ def _check(target: Target) -> Target:
             response = client.get(url)
     except httpx.TimeoutException:
         problem = (
-            f"The LLM endpoint at {target.base_url} did not answer within 5 s; check LLM_BASE_URL "
+            f"The LLM endpoint at {shown} did not answer within 5 s; check LLM_BASE_URL "
             "and that the server is running, or unset LLM_BASE_URL to use the simulator."
         )
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    except Exception as exc:  # any failure to build or send the request (an HTTP status is not one of them)
         reason = str(exc) or type(exc).__name__
         if target.api_key is not None and target.api_key.reveal() in reason:
             reason = type(exc).__name__
         problem = (
-            f"Cannot reach the LLM endpoint at {target.base_url} ({reason}); start it or fix "
+            f"Cannot reach the LLM endpoint at {shown} ({_shown(reason)}); start it or fix "
             "LLM_BASE_URL, or unset LLM_BASE_URL to use the built-in simulator."
         )
     if response is None:
-        raise SetupError(problem)
+        raise SetupError(problem) from None
     if response.status_code in (401, 403):
         what = "rejected LLM_API_KEY" if target.api_key else "needs a key: set LLM_API_KEY"
-        raise SetupError(f"The LLM endpoint at {target.base_url} {what} (HTTP {response.status_code}).")
+        raise SetupError(f"The LLM endpoint at {shown} {what} (HTTP {response.status_code}).")
     if response.status_code == 404 and not target.base_url.endswith("/v1"):
         raise SetupError(
-            f"The server at {target.base_url} has no /models (HTTP 404): an OpenAI-compatible LLM_BASE_URL "
-            f"usually ends in /v1; try LLM_BASE_URL={target.base_url}/v1"
+            f"The server at {shown} has no /models (HTTP 404): an OpenAI-compatible LLM_BASE_URL "
+            f"usually ends in /v1; try LLM_BASE_URL={shown}/v1"
         )
     if response.headers.get(_simulator.SIMULATOR_HEADER):
         sim = _simulator.Simulator.attach(target.base_url)
         served = sim._config.models
         if target.model not in served:
             raise SetupError(
-                f"LLM_MODEL={target.model!r} is not served by the simulator at {target.base_url}; set LLM_MODEL "
+                f"LLM_MODEL={target.model!r} is not served by the simulator at {shown}; set LLM_MODEL "
                 f"to one of: {', '.join(served)}"
             )
         return Target(base_url=target.base_url, model=target.model, api_key=target.api_key, simulator=sim)
@@ -525,7 +581,7 @@ def _check(target: Target) -> Target:
         problem = _not_a_model_list(response)
         if problem:
             raise SetupError(
-                f"The server at {target.base_url} answered GET /models with {problem}, not an OpenAI-compatible "
+                f"The server at {shown} answered GET /models with {problem}, not an OpenAI-compatible "
                 "API: check LLM_BASE_URL (it usually ends in /v1, e.g. https://api.openai.com/v1 or "
                 "http://localhost:11434/v1), or unset it to use the built-in simulator."
             )

@@ -490,3 +490,163 @@ def test_generators_tuples_and_dict_values_are_fine() -> None:
     assert run_sequential(_echo, ("a", "b")).answers == ["a", "b"]
     assert run_threads(_echo, {"x": "a", "y": "b"}.values()).answers == ["a", "b"]
     assert run_threads(_echo, []).answers == []
+
+
+# --- review: the key in no local, URLs masked and checked, a key in the wrong setting, a huge key ------------------
+
+
+def provider_target(key: str = GOOD, url: str | None = None) -> Target:
+    """A real-provider Target (with the session's quota guard) at the keyed simulator."""
+    return Target(base_url=url or "http://127.0.0.1:9/v1", model="sim-1", api_key=key)
+
+
+def test_sdk_clients_hold_no_key_in_a_failing_frame(
+    keyed: simulator.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = provider_target(url=keyed.api_url)
+    for make in (
+        lambda: target.openai_client(nonsense=1),  # a typo: TypeError
+        lambda: target.async_openai_client(nonsense=1),
+        lambda: target.openai_client(http_client=object()),  # the project's own ValueError
+        lambda: target.async_openai_client(http_client=object()),
+    ):
+        with pytest.raises((TypeError, ValueError)) as caught:
+            make()
+        assert_key_nowhere(GOOD, caught.value)
+
+    def broken(self: Target, *, sync: bool) -> Any:
+        raise RuntimeError("no HTTP client today")
+
+    monkeypatch.setattr(Target, "_guarded_httpx2", broken)
+    with pytest.raises(RuntimeError) as caught:
+        target.chat_model()
+    assert_key_nowhere(GOOD, caught.value)
+
+
+def test_naive_asyncio_failures_hold_no_key(keyed: simulator.Simulator) -> None:
+    wrong = GOOD + "zz"  # 401 from the simulator: every call fails with the key in its client's headers
+    report = run("naive-asyncio", ["Reply: a", "Reply: b"], target=provider_target(wrong, keyed.api_url), workers=1)
+    failures = [record.exception for record in report.records if record.exception is not None]
+    assert len(failures) == 2
+    for exc in failures:
+        assert_key_nowhere(wrong, exc)
+    from helpers.runs import run_naive_async
+
+    for url in (keyed.api_url, f"http://127.0.0.1:{closed_port()}/v1"):  # no make_client: headers as given
+        headers = {"Authorization": f"Bearer {wrong}"}
+        report = run_in_new_loop(run_naive_async(url, "sim-1", ["Reply: a"], headers=headers))
+        del headers
+        exc = report.records[0].exception
+        assert exc is not None
+        assert_key_nowhere(wrong, exc)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://{GOOD}@127.0.0.1:9/v1", f"http://user:{GOOD}x@127.0.0.1:9/v1", f"http://127.0.0.1:9/v1?key={GOOD}x"],
+    ids=["key as user name", "password", "query"],
+)
+def test_connect_frames_do_not_show_a_secret_in_the_url(url: str) -> None:
+    with pytest.raises(SetupError) as caught:
+        connect(env=env_for(url))
+    assert_key_nowhere(GOOD, caught.value)
+
+
+LONG_HOSTS = {
+    "http://" + "a" * 64 + ".com/v1": "too long",
+    "http://" + "a." * 127 + "com/v1": "too long",
+    "http://xn--zz/v1": "IDNA",
+    "http://\ufb01.com/v1": "IDNA",
+}
+
+
+@pytest.mark.parametrize("url", list(LONG_HOSTS))
+def test_a_host_that_cannot_be_looked_up_is_a_setup_error(url: str) -> None:
+    with pytest.raises(SetupError) as caught:
+        connect(env=env_for(url))
+    assert LONG_HOSTS[url] in str(caught.value) and "LLM_BASE_URL" in str(caught.value), str(caught.value)
+    assert outside_tests(caught.value) <= 2
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+def test_any_failure_of_the_probe_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise UnicodeError("encoding with 'idna' codec failed")
+
+    monkeypatch.setattr("httpx.Client.send", send)
+    with pytest.raises(SetupError, match="Cannot reach the LLM endpoint") as caught:
+        connect(env=env_for("http://127.0.0.1:9/v1"))
+    assert outside_tests(caught.value) <= 3
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+def test_a_huge_url_gives_a_short_message() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/" + "v" * 1_000_000
+    with pytest.raises(SetupError, match="Cannot reach the LLM endpoint") as caught:
+        connect(env=env_for(url))
+    assert len(str(caught.value)) < 600
+
+
+@pytest.mark.parametrize(
+    ("url", "model", "setting"),
+    [
+        (GOOD, "sim-1", "LLM_BASE_URL"),
+        (f"http://127.0.0.1:{GOOD}/v1", "sim-1", "LLM_BASE_URL"),
+        (f"http://127.0.0.1:9/{GOOD}", "sim-1", "LLM_BASE_URL"),
+        ("http://127.0.0.1:9/v1", GOOD, "LLM_MODEL"),
+    ],
+    ids=["URL is the key", "key as port", "key in path", "model is the key"],
+)
+@pytest.mark.parametrize("check", [True, False], ids=["check", "no-check"])
+def test_the_key_in_another_setting_is_refused_unechoed(url: str, model: str, setting: str, check: bool) -> None:
+    with pytest.raises(SetupError) as caught:
+        connect(env=env_for(url, model=model), check=check)
+    assert f"{setting} contains the value of LLM_API_KEY: the two may be swapped" in str(caught.value)
+    assert_key_nowhere(GOOD, caught.value)
+
+
+def test_swapped_url_and_key_show_neither() -> None:
+    with pytest.raises(SetupError) as caught:
+        connect(env={"LLM_BASE_URL": GOOD, "LLM_MODEL": "m", "LLM_API_KEY": "http://127.0.0.1:9/v1"})
+    assert "(not shown: it looks like a key)" in str(caught.value)
+    assert_key_nowhere(GOOD, caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:sk-otherkey-77aa/v1",  # port text
+        "http://sk-otherkey-77aa/v1?x",  # host (and a query)
+        "http://127.0.0.1:{port}/OtherKey0123456789abcdefXYZ",  # path, in the "Cannot reach" message
+    ],
+    ids=["port", "host", "path"],
+)
+def test_a_url_part_that_looks_like_a_key_is_not_echoed(url: str) -> None:
+    with pytest.raises(SetupError) as caught:
+        connect(env=env_for(url.format(port=closed_port())))
+    message = str(caught.value)
+    assert "(not shown: it looks like a key)" in message, message
+    assert "otherkey" not in message.lower(), message
+
+
+def test_ordinary_url_parts_are_still_shown() -> None:
+    from helpers.settings import _shown_url
+
+    for url in (
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "https://my-resource.openai.azure.com/openai/deployments/gpt-4o-mini",
+        "https://desk-top.example.org:8443/v1",
+    ):
+        assert _shown_url(url) == url
+
+
+def test_a_huge_key_is_refused_by_its_length(keyed: simulator.Simulator) -> None:
+    before = requests_seen(keyed)
+    with pytest.raises(SetupError, match=r"LLM_API_KEY is 2,800,003 characters long") as caught:
+        connect(env=env_for(keyed.api_url, "sk-" + "q" * 2_800_000))
+    assert len(str(caught.value)) < 300 and "qqqq" not in str(caught.value)
+    assert requests_seen(keyed) == before
+    key = "sk-" + "qz7" * 400  # long enough to be refused, short enough to look for everywhere
+    with pytest.raises(SetupError, match="1,203 characters long") as caught:
+        connect(env=env_for(keyed.api_url, key))
+    assert_key_nowhere(key, caught.value)
