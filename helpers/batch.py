@@ -166,10 +166,10 @@ def _check_path(checkpoint: str | os.PathLike[str]) -> Path:
     if not parent.is_dir():
         raise ValueError(f"cannot write the checkpoint {path}: the folder {parent} does not exist (create it first)")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as exc:
         raise ValueError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from None
-    os.close(fd)
+    os.close(fd)  # Checkpoint.open then refuses what is not a regular file (/dev/null, a FIFO), before any call
     return path
 
 
@@ -186,6 +186,13 @@ def _check_items(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         key = item["id"]
         if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
             raise ValueError(f"items[{i}] has id {key!r}: an id must be a non-empty string or a whole number")
+        if isinstance(key, int) and not -(2**63) <= key < 2**63:
+            raise ValueError(
+                f"items[{i}] has a {key.bit_length()}-bit whole-number id: an id number must fit in 64 bits "
+                "(-2**63 to 2**63 - 1), as other JSON readers of the checkpoint need; use a string id"
+            )
+        if isinstance(key, str) and any("\ud800" <= c <= "\udfff" for c in key):
+            raise ValueError(f"items[{i}] has id {key!r}, with a lone surrogate: not text UTF-8 can hold; fix it")
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             what = "no text" if "text" not in item else f"text {text!r}"
@@ -229,7 +236,12 @@ class BatchReport(RunReport):
     @property
     def answers(self) -> list[Any]:
         """Answers in input order: ``answers[i]`` belongs to ``items[i]``; None where it failed or is not done."""
-        return [r["answer"] if r is not None and r["ok"] else None for r in self.results]
+        return [r.get("answer") if r is not None and r["ok"] else None for r in self.results]
+
+    @property
+    def still_failed(self) -> int:
+        """Items whose last result in the checkpoint is a failure (from this run or an earlier one)."""
+        return sum(r is not None and not r["ok"] for r in self.results)
 
     @property
     def remaining(self) -> int:
@@ -326,7 +338,10 @@ def run_batch(
       ``max_tokens`` (the longest answer expected) sharpens that estimate. It also names the model for the cost.
 
     ``call`` returns the answer (a string, or an :class:`~helpers.runs.Answer` that carries its tokens: see
-    :func:`classify`). Bad input (``workers < 1``, duplicate ids, an item without text, a checkpoint that cannot
+    :func:`classify`), or any JSON data (a number, a list, a dict); a pydantic model is saved (and comes back in
+    ``answers``) as ``model_dump(mode="json")``. An answer that is anything else cannot be saved: the first one
+    stops the batch with a ``TypeError`` that names its type (its call was made; the answers before it are
+    saved). Bad input (``workers < 1``, duplicate ids, an item without text, a checkpoint that cannot
     be written, a file that is not a checkpoint) raises ``ValueError`` before anything is called. A write the
     disk refuses stops the run with a :class:`CheckpointError` that says what is saved and how to resume.
     """
@@ -389,9 +404,12 @@ def run_batch(
 
         def save(record: CallRecord) -> None:
             k = int(record.prompt)
-            entry = _line(listed[todo[k]]["id"], digests[todo[k]], record, raw_results.get(k))
             try:
+                entry = _line(listed[todo[k]]["id"], digests[todo[k]], record, raw_results.get(k))
                 store.append(entry)
+            except (TypeError, ValueError) as exc:  # not JSON data: stop now, rather than lose and bill each one
+                saved = sum(r is not None for r in results)
+                raise _Unsaveable(listed[todo[k]]["id"], record.answer, exc, saved, len(listed)) from None
             except OSError as exc:  # raised out of the pool, which starts no new call and lets those in flight end
                 raise _refused(store, exc, sum(r is not None for r in results), len(listed), counts) from exc
             if results[todo[k]] is not None:
@@ -444,6 +462,8 @@ def run_batch(
                 on_result=save,
                 cancel=cancel,
             )
+        except _Unsaveable as exc:
+            raise TypeError(str(exc)) from None  # from here: the frames of the pool and json say nothing
         except KeyboardInterrupt as exc:  # stopped from outside: every finished call is saved; say so on the way out
             partial = getattr(exc, "report", None)
             if isinstance(partial, RunReport):
@@ -504,11 +524,26 @@ def _refused(store: Checkpoint, exc: OSError, saved: int, total: int, counts: Ma
     return error
 
 
+class _Unsaveable(Exception):
+    """An answer that is not JSON data, on its way out of the pool (raised again as a TypeError)."""
+
+    def __init__(self, key: Any, answer: Any, exc: Exception, saved: int, total: int) -> None:
+        super().__init__(
+            f"the answer to item {key!r} is a {type(answer).__qualname__}, which the checkpoint cannot save as JSON "
+            f"({exc}). The batch stopped: its call was made but its answer is not saved; {saved} of {total} items "
+            "have a result in the checkpoint. Make call return a str, a number, a list, a dict (of those) or a "
+            "pydantic model (saved as model_dump(mode='json')), e.g. the answer's text, then run it again."
+        )
+
+
 def _line(key: Any, digest: str, record: CallRecord, raw: Any) -> dict[str, Any]:
-    """The checkpoint line of one result."""
+    """The checkpoint line of one result (a pydantic model answer as its ``model_dump(mode="json")``)."""
     entry: dict[str, Any] = {"id": key, "input": digest, "ok": record.ok}
     if record.ok:
-        entry["answer"] = record.answer
+        answer = record.answer
+        if callable(getattr(answer, "model_dump", None)) and not isinstance(answer, type):
+            answer = answer.model_dump(mode="json")
+        entry["answer"] = answer
     else:
         entry["error"] = record.error
     entry["attempts"] = record.attempts
@@ -582,7 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.describe())
-    return 0 if report.failed == 0 and report.remaining == 0 else 1
+    failed = report.still_failed  # the final state, this run's or an earlier one's: what a scheduler checks
+    answered = report.total - failed - report.remaining
+    again = "; --retry-failed calls the failed ones again" if failed else ""
+    print(f"checkpoint: {answered} of {report.total} items answered, {failed} end failed{again}")
+    return 0 if failed == 0 and report.remaining == 0 else 1
 
 
 if __name__ == "__main__":  # pragma: no cover - run by hand and by tests in a subprocess

@@ -18,7 +18,16 @@ its writer, and it guarantees this:
   line is repaired (cut off) when results come before it, or when it begins like a result (``{"id":``). Lines
   written by another program in that shape are results too, so lesson 09's own loop and ``run_batch`` share a
   checkpoint. Anything else (settings, a CSV, binary data) is refused with a ``ValueError`` and left byte for
-  byte as it was. A missing or empty file is a new checkpoint.
+  byte as it was, and so is a file in UTF-16 or UTF-32 (it starts with their byte order mark) or one with NUL
+  bytes in a line before its last. A UTF-8 byte order mark at the start is tolerated (and kept). A missing or
+  empty file is a new checkpoint. The checkpoint must be a regular file (or a symlink to one): a device such
+  as ``/dev/null`` or a FIFO is refused with a ``ValueError``.
+- **Only JSON data.** A line is JSON: an answer that is not JSON data raises ``TypeError`` before anything is
+  written, and a string with a lone surrogate (``"\\ud800"``, which UTF-8 cannot hold) is written escaped
+  (``ensure_ascii``), so that it reads back the same.
+- **The note is never someone else's.** The holder's note is only written where no file of that name exists, or
+  over a regular file that is a note of ours (left by a killed run); a FIFO, a symlink or any other file of that
+  name is left alone (the run goes on without a note), and the note is read without ever blocking.
 - **A refused write stops cleanly.** When the disk is full (``ENOSPC``) or the file may not grow (``EFBIG``),
   the part of the line that was written is cut off again, so every line stays whole, and the error is raised
   for the caller to stop on (``run_batch`` turns it into a :class:`CheckpointError` that says what is saved and
@@ -31,12 +40,14 @@ is never reused for a text it was not given; :func:`id_key` keeps ids of differe
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import sys
 import threading
 import time
@@ -50,11 +61,16 @@ __all__ = [
     "CheckpointError",
     "CheckpointInUse",
     "id_key",
+    "encode_line",
     "input_digest",
     "read_checkpoint",
 ]
 
 _START = b'{"id":'  # how a result line begins, as run_batch and lesson 09's loop write it
+_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_MARK = "helpers.batch"  # the note's "written_by": a file of the note's name without it is not ours
+_NOTE_KEYS = {"pid", "host", "started", "written_by"}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 class CheckpointError(OSError):
@@ -82,10 +98,37 @@ def read_checkpoint(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     lines; a file that is not a checkpoint raises ``ValueError``."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         return []
+    try:
+        _require_regular(fd, path)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read()
+    finally:
+        os.close(fd)
     return _parse(data, path)[0]
+
+
+def _require_regular(fd: int, path: Path) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ValueError(
+            f"checkpoint {path} is not a regular file (a device, a FIFO or a socket): a checkpoint must be a file "
+            "it can read back, e.g. labels.jsonl"
+        )
+
+
+def encode_line(entry: Mapping[str, Any]) -> bytes:
+    """One result as one line of UTF-8 JSON. A string with a lone surrogate is escaped (``ensure_ascii``), so it
+    reads back the same; a value that is not JSON data raises ``TypeError`` naming its type."""
+    try:
+        text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:  # ValueError: a circular reference, an int too long to write
+        raise TypeError(f"a checkpoint line must be JSON data: {exc}") from None
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
@@ -94,12 +137,23 @@ def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int, str | No
     A kill can leave the last line cut short (no end of line) or, in a file system that lost data, a last line
     that is not valid JSON: that line is reported, not trusted. Any other line that is not a result (a bad
     line before the last, or a last line that is complete JSON but not a result) is not what a crash leaves
-    behind: it is an error that names the line, and nothing is changed."""
-    lines = data.split(b"\n")
+    behind: it is an error that names the line, and nothing is changed. So is text in UTF-16 or UTF-32 (a byte
+    order mark, or NUL bytes in a line before the last)."""
+    if data.startswith(_WIDE_BOMS):
+        raise ValueError(
+            f"{path} is not a checkpoint: it starts with a UTF-16 or UTF-32 byte order mark ({data[:4]!r}), and "
+            "a checkpoint is UTF-8. It is left as it is: give the path of a new file, or of a checkpoint."
+        )
+    sound = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # tolerated, and kept
+    lines = data[sound:].split(b"\n")
     tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
     entries: list[dict[str, Any]] = []
-    sound = 0
     for number, raw in enumerate(lines, 1):
+        if b"\x00" in raw and (number < len(lines) or tail):
+            raise ValueError(
+                f"{path} is not a checkpoint: its line {number} holds NUL bytes ({raw[:40]!r}), as binary data or "
+                "UTF-16 text do; only the end of a file can hold them after a crash. It is left as it is."
+            )
         if raw.strip():
             entry, parsed = _entry(raw)
             if entry is None:
@@ -120,7 +174,7 @@ def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int, str | No
 def _entry(raw: bytes) -> tuple[dict[str, Any] | None, bool]:
     """The result on a line, or None; and whether the line is valid JSON at all."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw.decode("utf-8"))  # UTF-8 only: json.loads of bytes would also take UTF-16
     except (ValueError, RecursionError):
         return None, False
     if isinstance(value, dict) and "id" in value and isinstance(value.get("ok"), bool):
@@ -203,6 +257,7 @@ class Checkpoint:
         self.lock = threading.Lock()
         self._fd: int | None = None
         self._locked = self._noted = False
+        self._note: dict[str, Any] = {}
         self._sound = self._size = 0
 
     @classmethod
@@ -210,8 +265,10 @@ class Checkpoint:
         """Lock the file (creating it if it is missing), then read it. Raises :class:`CheckpointInUse` when
         another run holds it and ``ValueError`` when it is not a checkpoint, in both cases changing nothing."""
         self = cls(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        self._fd = os.open(self.path, flags, 0o644)
         try:
+            _require_regular(self._fd, self.path)
             self._lock()
             data = self._read_all()
             self.entries, self._sound, self.problem = _parse(data, self.path)
@@ -238,9 +295,10 @@ class Checkpoint:
 
     def append(self, entry: Mapping[str, Any]) -> None:
         """Write one result as one line and sync it. If the write fails (a full disk), the part of the line that
-        was written is cut off again, and the ``OSError`` is raised."""
+        was written is cut off again, and the ``OSError`` is raised. An entry that is not JSON data raises
+        ``TypeError``, writing nothing (:func:`encode_line`)."""
         assert self._fd is not None, "open() first"
-        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        line = encode_line(entry)
         with self.lock:
             try:
                 view = memoryview(line)
@@ -265,8 +323,9 @@ class Checkpoint:
         """Remove the holder's note and release the lock (in that order: the note is never someone else's)."""
         if self._noted:
             self._noted = False
-            with contextlib.suppress(OSError):
-                self.note.unlink()
+            if self._read_note(raw=True) == self._note:  # still ours: not replaced by someone else meanwhile
+                with contextlib.suppress(OSError):
+                    self.note.unlink()
         if self._fd is not None:
             if self._locked:
                 self._locked = False
@@ -300,22 +359,74 @@ class Checkpoint:
                 "use another checkpoint. Nothing was read or written."
             )
         self._locked = True
-        with contextlib.suppress(OSError):
-            if self.note.stat().st_size and self._read_note() is None:
-                return  # a file of that name that is not a note of ours (nor one cut short): leave it alone
-        note = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        try:
-            self.note.write_text(json.dumps(note) + "\n", encoding="utf-8")
-            self._noted = True
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._note = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "written_by": _MARK}
+        data = (json.dumps(self._note) + "\n").encode("utf-8")
+        try:  # a new note; else only over a regular file that is a note of ours (left by a killed run)
+            try:
+                fd = os.open(self.note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            except FileExistsError:
+                old = self._open_note(os.O_RDWR)
+                if old is None:
+                    return  # a FIFO, a symlink, or a file that is not a note of ours: leave it alone
+                fd = old
+                try:
+                    ours = self._note_in(fd) is not None
+                    if ours:
+                        os.ftruncate(fd, 0)
+                        os.lseek(fd, 0, os.SEEK_SET)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if not ours:
+                    os.close(fd)
+                    return
+            try:
+                os.write(fd, data)  # a few dozen bytes: written at once
+                self._noted = True
+            finally:
+                os.close(fd)
         except OSError:
             pass  # a folder we may not write to: a refused writer then cannot name us, that is all
 
-    def _read_note(self) -> tuple[int, str, str] | None:
+    def _open_note(self, mode: int) -> int | None:
+        """The note opened without following a symlink or blocking, if it is a regular file; else None."""
         try:
-            note = json.loads(self.note.read_text(encoding="utf-8"))
-            return int(note["pid"]), str(note.get("host", "")), str(note.get("started", ""))
-        except (OSError, ValueError, KeyError, TypeError):
+            if not stat.S_ISREG(os.lstat(self.note).st_mode):
+                return None
+            fd = os.open(self.note, mode | _NOFOLLOW)
+        except OSError:
             return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def _note_in(fd: int) -> dict[str, Any] | None:
+        """The note in an open file, if it is exactly a note of ours."""
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            note = json.loads(os.read(fd, 4096).decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(note, dict) or set(note) != _NOTE_KEYS or note["written_by"] != _MARK:
+            return None
+        if isinstance(note["pid"], bool) or not isinstance(note["pid"], int):
+            return None
+        return note if isinstance(note["host"], str) and isinstance(note["started"], str) else None
+
+    def _read_note(self, raw: bool = False) -> Any:
+        fd = self._open_note(os.O_RDONLY)
+        if fd is None:
+            return None
+        try:
+            note = self._note_in(fd)
+        finally:
+            os.close(fd)
+        if note is None or raw:
+            return note
+        return note["pid"], note["host"], note["started"]
 
     def _holder(self) -> str:
         note = self._read_note()

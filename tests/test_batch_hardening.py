@@ -7,6 +7,7 @@ runs that must be separate processes are ``python -m helpers.batch`` (or a small
 
 from __future__ import annotations
 
+import datetime
 import errno
 import json
 import os
@@ -192,6 +193,9 @@ NOT_CHECKPOINTS = {
     "a JSON list": b"[1, 2, 3]\n",
     "ok is not true or false": b'{"id": "a", "ok": "yes"}\n',
     "a result, then something else": b'{"id":"a","ok":true,"answer":"x"}\n{"theme":"dark"}\n',
+    "results in UTF-16": '{"id":"a","ok":true,"answer":"x"}\n'.encode("utf-16"),
+    "results in UTF-32": '{"id":"a","ok":true,"answer":"x"}\n'.encode("utf-32"),
+    "results in UTF-16 without a byte order mark": '{"id":"a","ok":true,"answer":"x"}\n'.encode("utf-16-le"),
 }
 
 
@@ -360,3 +364,165 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_cut_line(
     assert rest.repaired is None and rest.skipped == len(saved) and rest.remaining == 0
     assert requests(sim) == 60 - len(saved)  # nothing saved was called again
     assert Counter(entry["id"] for entry in lines(path)) == Counter(item["id"] for item in items)
+
+
+# --- 12. what cannot be saved, and files of the checkpoint's names that are not ours -----------------------------
+
+
+class Label:
+    """An answer that is not JSON data."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def test_an_answer_that_is_not_json_data_stops_the_batch_with_a_clear_error(
+    sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    run_batch(call, items_of(2), checkpoint=path, **FAST)
+    sim.reset()
+    with pytest.raises(
+        TypeError, match=r"item 'item-002' is a Label.*a str, a number, a list, a dict.*pydantic"
+    ) as bad:
+        run_batch(lambda text: Label(call(text)), items_of(6), checkpoint=path, workers=1, **FAST)
+    assert len(bad.traceback) <= 2, bad.traceback  # raised from run_batch, not from deep inside json
+    assert "2 of 6 items have a result" in str(bad.value)
+    assert requests(sim) <= 2  # it stopped at the first such answer (one more may have been in flight)
+    assert [entry["id"] for entry in lines(path)] == ["item-000", "item-001"]  # every line whole
+
+
+def test_a_pydantic_answer_is_saved_as_its_json_dump_and_a_lone_surrogate_reads_back(
+    sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    import pydantic
+
+    class Reply(pydantic.BaseModel):
+        label: str
+        when: datetime.date
+
+    path = tmp_path / "labels.jsonl"
+    first = run_batch(
+        lambda text: Reply(label=call(text), when=datetime.date(2024, 5, 1)), items_of(2), checkpoint=path, **FAST
+    )
+    expected = [{"label": f"item-00{i}", "when": "2024-05-01"} for i in range(2)]
+    assert first.answers == expected and sorted((e["answer"] for e in lines(path)), key=str) == expected
+    again = run_batch(call, items_of(2), checkpoint=path, **FAST)
+    assert again.skipped == 2 and again.answers == expected
+    odd = tmp_path / "odd.jsonl"
+    done = run_batch(lambda text: call(text) + "\udcff", items_of(1), checkpoint=odd, **FAST)
+    assert done.answers == ["item-000\udcff"]
+    assert odd.read_bytes().decode("utf-8") and lines(odd)[0]["answer"] == "item-000\udcff"  # valid UTF-8 JSON
+    assert run_batch(call, items_of(1), checkpoint=odd, **FAST).answers == ["item-000\udcff"]
+
+
+@pytest.mark.parametrize(
+    "key", ["a\ud800", 2**63, -(2**63) - 1, 10**5000], ids=["surrogate", "2**63", "-2**63-1", "huge"]
+)
+def test_an_id_the_checkpoint_cannot_hold_is_refused_before_any_call(
+    key: Any, sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    with pytest.raises(ValueError, match=r"items\[1\] has .*id"):
+        run_batch(call, [{"id": 1, "text": "Reply: a"}, {"id": key, "text": "Reply: b"}], checkpoint=path, **FAST)
+    assert requests(sim) == 0 and not path.exists()
+
+
+def note_kinds(where: Path) -> dict[str, Callable[[Path], None]]:
+    return {
+        "fifo": lambda note: os.mkfifo(note),
+        "dangling symlink": lambda note: note.symlink_to(where / "elsewhere" / "x"),
+        "empty file": lambda note: note.write_bytes(b""),
+        "someone else's JSON with a pid": lambda note: note.write_text('{"pid": 1, "note": "mine"}\n'),
+    }
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and symlinks")
+@pytest.mark.parametrize("kind", ["fifo", "dangling symlink", "empty file", "someone else's JSON with a pid"])
+def test_a_lock_note_name_that_is_not_ours_is_left_alone(kind: str, sim: simulator.Simulator, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    source, path = write_items(tmp_path / "items.jsonl", items_of(3)), tmp_path / "labels.jsonl"
+    note = Path(f"{path}.lock")
+    note_kinds(tmp_path)[kind](note)
+    before = os.lstat(note)
+    content = None if kind in ("fifo", "dangling symlink") else note.read_bytes()
+    run = subprocess.run(cli(source, path), env=cli_env(sim), capture_output=True, timeout=60)  # a FIFO hung it
+    assert run.returncode == 0, run.stderr.decode()[-500:]
+    assert len(lines(path)) == 3
+    after = os.lstat(note)  # still there, the same kind of thing, unchanged
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not (tmp_path / "elsewhere" / "x").exists()
+    if content is not None:
+        assert note.read_bytes() == content
+
+
+def test_a_refused_writer_does_not_take_someone_elses_note_for_the_holders(
+    sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    note = Path(f"{path}.lock")
+    note.write_text('{"pid": 1, "host": "", "started": "yesterday"}\n')  # not written by helpers.batch
+    started, release = threading.Event(), threading.Event()
+
+    def slow(text: str) -> str:
+        started.set()
+        release.wait(10)
+        return call(text)
+
+    holder = threading.Thread(target=lambda: run_batch(slow, items_of(1), checkpoint=path, **FAST))
+    holder.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(OSError, match="in use by another run .its pid is not known"):
+            run_batch(call, items_of(1), checkpoint=path, **FAST)
+    finally:
+        release.set()
+        holder.join(20)
+    assert note.read_text() == '{"pid": 1, "host": "", "started": "yesterday"}\n'
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/null and FIFOs")
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_before_any_call(
+    sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for path in (Path(os.devnull), fifo):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            run_batch(call, items_of(2), checkpoint=path, **FAST)
+    assert requests(sim) == 0
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(real)  # a symlink to a (missing, then) regular file is still fine
+    assert run_batch(call, items_of(2), checkpoint=link, **FAST).answered == 2
+    assert link.is_symlink() and len(lines(real)) == 2
+
+
+def test_the_exit_status_is_the_final_state_of_every_item(sim: simulator.Simulator, tmp_path: Path) -> None:
+    source, path = write_items(tmp_path / "items.jsonl", items_of(3)), tmp_path / "labels.jsonl"
+    sim.configure(fault_on={"item-001": "500"})
+    env = cli_env(sim)
+    first = subprocess.run(cli(source, path, "--attempts", "1"), env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 1 and "1 end failed" in first.stdout, first.stdout
+    second = subprocess.run(cli(source, path), env=env, capture_output=True, text=True, timeout=60)
+    assert "3 skipped" in second.stdout and "2 of 3 items answered, 1 end failed" in second.stdout, second.stdout
+    assert second.returncode == 1  # the checkpoint still holds a failure for item-001
+    sim.configure(fault_on={})
+    fixed = subprocess.run(cli(source, path, "--retry-failed"), env=env, capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0 and "3 of 3 items answered, 0 end failed" in fixed.stdout, fixed.stdout
+
+
+def test_a_hand_written_result_without_an_answer_has_answer_none(
+    sim: simulator.Simulator, call: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "item-000", "ok": true}\n{"id": "item-001", "ok": true, "answer": "hand"}\n')
+    report = run_batch(call, items_of(3), checkpoint=path, **FAST)
+    assert report.answers == [None, "hand", "item-002"] and report.skipped == 2
+
+
+def test_a_utf8_byte_order_mark_is_tolerated_and_kept(sim: simulator.Simulator, call: Any, tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "item-000", "ok": true, "answer": "old"}\r\n')  # as Notepad saves it
+    report = run_batch(call, items_of(2), checkpoint=path, **FAST)
+    assert report.answers == ["old", "item-001"] and requests(sim) == 1
+    assert path.read_bytes().startswith(b'\xef\xbb\xbf{"id": "item-000"') and len(read_checkpoint(path)) == 2
