@@ -389,7 +389,7 @@ def test_an_answer_that_is_not_json_data_stops_the_batch_with_a_clear_error(
     assert len(bad.traceback) <= 2, bad.traceback  # raised from run_batch, not from deep inside json
     assert "2 of 6 items have a result" in str(bad.value)
     assert requests(sim) <= 2  # it stopped at the first such answer (one more may have been in flight)
-    assert [entry["id"] for entry in lines(path)] == ["item-000", "item-001"]  # every line whole
+    assert sorted(entry["id"] for entry in lines(path)) == ["item-000", "item-001"]  # every line whole (any order)
 
 
 def test_a_pydantic_answer_is_saved_as_its_json_dump_and_a_lone_surrogate_reads_back(
