@@ -569,7 +569,8 @@ def _check(target: Target) -> Target:
             f"usually ends in /v1; try LLM_BASE_URL={shown}/v1"
         )
     if response.headers.get(_simulator.SIMULATOR_HEADER):
-        sim = _simulator.Simulator.attach(target.base_url)
+        # On a class server the key is the student's: this handle reaches their own sandbox only.
+        sim = _simulator.Simulator.attach(target.base_url, target.api_key.reveal() if target.api_key else None)
         served = sim._config.models
         if target.model not in served:
             raise SetupError(

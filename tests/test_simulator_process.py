@@ -44,6 +44,11 @@ FLAGS = [
     "--access-log",
     "--pose-as-provider",
     "--burst",
+    "--host",
+    "--students",
+    "--roster",
+    "--class-rpm",
+    "--class-tpm",
 ]
 
 
@@ -191,9 +196,23 @@ def test_key_never_shown(keyed: simulator.Simulator) -> None:
 def test_key_cannot_be_changed_while_running(keyed: simulator.Simulator) -> None:
     with pytest.raises(ConfigError, match="API key"):
         keyed.configure(api_key="other")
-    response = httpx.post(keyed.base_url + "/admin/config", json={"api_key": None}, timeout=10)
+    headers = {"authorization": f"Bearer {KEY}"}
+    response = httpx.post(keyed.base_url + "/admin/config", json={"api_key": None}, headers=headers, timeout=10)
     assert response.status_code == 400
     assert keyed.config()["api_key"] == "required"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/admin/stats"), ("POST", "/admin/reset"), ("GET", "/admin/config"), ("POST", "/admin/config")],
+)
+def test_admin_needs_the_key_too(keyed: simulator.Simulator, method: str, path: str) -> None:
+    """With SIM_API_KEY set, no one without it can read the prompts, wipe the stats or make the calls fail."""
+    for headers in ({}, {"authorization": "Bearer sk-wrong-key-987654"}):
+        response = httpx.request(method, keyed.base_url + path, json={"fail_rate": 1}, headers=headers, timeout=10)
+        assert response.status_code == 401, (path, headers)
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert keyed.config()["fail_rate"] == 0
 
 
 # --- bad settings -------------------------------------------------------------------------------------------

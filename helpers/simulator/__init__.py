@@ -9,6 +9,7 @@ would be against a real provider.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +35,7 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorError",
     "start",
+    "start_class",
 ]
 
 
@@ -43,22 +46,36 @@ class SimulatorError(RuntimeError):
 class Simulator:
     """A running simulator process: its address, and the admin calls that steer and observe it."""
 
-    def __init__(self, process: subprocess.Popen[bytes] | None, base_url: str, config: SimulatorConfig) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes] | None,
+        base_url: str,
+        config: SimulatorConfig,
+        *,
+        key: str | None = None,
+    ) -> None:
         self.process = process
         self.base_url = base_url.rstrip("/")
         self.api_url = self.base_url + "/v1"
         self._config = config
+        key = key or config.api_key
+        # The key goes in as httpx.Headers, which mask it in any repr; it is kept nowhere else.
+        headers = httpx.Headers({"authorization": f"Bearer {key}"} if key else {})
         # No idle connections kept: nothing is left open when a Simulator is dropped without stop() (attach()).
         self._admin = httpx.Client(
-            base_url=self.base_url, timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
+            base_url=self.base_url, timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0), headers=headers
         )
+        del key
 
     @classmethod
-    def attach(cls, base_url: str) -> Simulator:
-        """Steer a simulator someone else started (``python -m helpers.simulator``), e.g. in a classroom."""
+    def attach(cls, base_url: str, key: str | None = None) -> Simulator:
+        """Steer a simulator someone else started (``python -m helpers.simulator``). On a class server ``key`` is
+        the student's own, and this handle reaches only their sandbox (the instructor's key: the whole class)."""
         url = base_url.rstrip("/").removesuffix("/v1")
-        sim = cls(None, url, SimulatorConfig())
-        sim._config = SimulatorConfig(**{k: v for k, v in sim.config().items() if k != "api_key"})
+        sim = cls(None, url, SimulatorConfig(), key=key)
+        del key
+        known = {f.name for f in dataclasses.fields(SimulatorConfig)} - {"api_key"}
+        sim._config = SimulatorConfig(**{k: v for k, v in sim.config().items() if k in known})
         return sim
 
     @property
@@ -73,18 +90,21 @@ class Simulator:
         """Change settings while it runs, e.g. ``sim.configure(fail_rate=0.2, rpm=60)``; returns all settings."""
         if "api_key" in changes:
             raise ConfigError("the API key is fixed when the simulator starts: start(api_key=...)")
-        new = self._config.updated(changes)  # a clear error (also for unknown names) before anything is sent
+        ours = {k: v for k, v in changes.items() if k not in ("class_rpm", "class_tpm")}  # the instructor's
+        new = self._config.updated(ours)  # a clear error (also for unknown names) before anything is sent
         data = self._call("POST", "/admin/config", json=changes)
         self._config = new
         return data
 
-    def stats(self, records: bool = True) -> dict[str, Any]:
-        """What the server saw: in flight now and at peak, counts by status and fault, retries, per-request times."""
-        return self._call("GET", "/admin/stats", params={"records": "1" if records else "0"})
+    def stats(self, records: bool = True, *, student: str | None = None) -> dict[str, Any]:
+        """What the server saw: in flight now and at peak, counts by status and fault, retries, per-request times.
+        On a class server: the caller's own sandbox (the instructor: the class, or one ``student``)."""
+        params = {"records": "1" if records else "0"} | ({"student": student} if student else {})
+        return self._call("GET", "/admin/stats", params=params)
 
-    def reset(self) -> None:
+    def reset(self, *, student: str | None = None) -> None:
         """Forget the stats, the request numbering (for scripted faults) and the rate-limit state."""
-        self._call("POST", "/admin/reset")
+        self._call("POST", "/admin/reset", params={"student": student} if student else None)
 
     def stop(self) -> None:
         """Stop the process (also done automatically when Python exits)."""
@@ -119,9 +139,18 @@ class Simulator:
             raise SimulatorError(f"the simulator at {self.base_url} did not answer ({exc})") from None
         if response.status_code == 400:
             raise ConfigError(response.json()["error"]["message"])
+        if response.status_code in (401, 403, 404):
+            raise SimulatorError(f"the simulator at {self.base_url} refused: {_message(response)}")
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
 
 
 def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: Any) -> Simulator:
@@ -133,12 +162,47 @@ def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: 
     the real-provider path (quota guard on); ``stats()`` and ``configure()`` still work from this handle.
     """
     config = SimulatorConfig().updated(settings)  # unknown names are a ConfigError too
+    env = {"SIM_API_KEY": config.api_key} if config.api_key else {}
+    flags = ["--pose-as-provider"] if pose_as_provider else []
+    return _spawn(config, flags, env, timeout)
+
+
+def start_class(
+    roster: str | Path,
+    students: int | str | Path,
+    *,
+    instructor_key: str,
+    class_rpm: int | None = None,
+    class_tpm: int | None = None,
+    timeout: float = 15.0,
+    **settings: Any,
+) -> Simulator:
+    """Start a class server on a free port of 127.0.0.1 (as ``python -m helpers.simulator --students ...`` does)
+    and return the instructor's handle: ``stats()``, ``configure()`` and ``reset()`` act on the whole class.
+
+    ``students`` is a number or a file of names; the keys are in ``roster`` (kept if it exists). The tests and
+    ``benchmarks/classroom.py`` use it; an instructor runs the command (``docs/teaching.md``).
+    """
+    config = SimulatorConfig().updated(settings)
+    flags = ["--students", str(students), "--roster", str(roster)]
+    for flag, value in (("--class-rpm", class_rpm), ("--class-tpm", class_tpm)):
+        if value is not None:
+            flags += [flag, str(value)]
+    sim = _spawn(config, flags, {"SIM_INSTRUCTOR_KEY": instructor_key}, timeout, key=instructor_key)
+    del instructor_key
+    return sim
+
+
+def _spawn(
+    config: SimulatorConfig, flags: list[str], secrets: dict[str, str], timeout: float, *, key: str | None = None
+) -> Simulator:
+    """Run ``python -m helpers.simulator`` with ``flags`` (keys only in the environment) and wait until it answers."""
     payload = config.public()
     del payload["api_key"]
     env = dict(os.environ)
     env.pop("SIM_API_KEY", None)
-    if config.api_key:
-        env["SIM_API_KEY"] = config.api_key
+    env.pop("SIM_INSTRUCTOR_KEY", None)
+    env.update(secrets)
     cmd = [
         sys.executable,
         "-m",
@@ -148,7 +212,7 @@ def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: 
         "--exit-with-parent",
         "--config-json",
         json.dumps(payload),
-        *(["--pose-as-provider"] if pose_as_provider else []),
+        *flags,
     ]
     began = time.monotonic()
     # The child's stderr goes to a temporary file, read only to explain a failed start.
@@ -182,7 +246,7 @@ def start(*, timeout: float = 15.0, pose_as_provider: bool = False, **settings: 
         base_url = line[0].decode().split()[1]
         if process.stdout:
             process.stdout.close()
-        sim = Simulator(process, base_url, config)
+        sim = Simulator(process, base_url, config, key=key)
         while True:
             try:
                 if sim._admin.get("/health").status_code == 200:
