@@ -517,7 +517,19 @@ def connect(*, check: bool = True, env: dict[str, str] | None = None, **simulato
     target = Target(base_url=found.base_url.rstrip("/"), model=found.model, api_key=found.api_key, quota=guard)
     if check:
         target = _check(target)
+    if target.simulator is not None and target.simulator.student is not None:
+        _lesson_settings(target.simulator, simulator_settings)
     return target
+
+
+def _lesson_settings(sim: _simulator.Simulator, settings: dict[str, Any]) -> None:
+    """A student's sandbox on a class server starts each lesson as the built-in simulator would: reset, with the
+    settings the lesson asked for (the models stay the ones the class server serves)."""
+    defaults = _simulator.SimulatorConfig().updated(settings).public()
+    for name in ("api_key", "models"):
+        defaults.pop(name)
+    sim.reset()
+    sim.configure(**defaults)
 
 
 def _env_proxy(url: str) -> str | None:

@@ -58,6 +58,8 @@ class Simulator:
         self.base_url = base_url.rstrip("/")
         self.api_url = self.base_url + "/v1"
         self._config = config
+        self.student: str | None = None  # on a class server: whose sandbox this handle reaches
+        self.classroom = False  # a class server (this handle: a student's sandbox, or the instructor's class)
         key = key or config.api_key
         # The key goes in as httpx.Headers, which mask it in any repr; it is kept nowhere else.
         headers = httpx.Headers({"authorization": f"Bearer {key}"} if key else {})
@@ -75,7 +77,10 @@ class Simulator:
         sim = cls(None, url, SimulatorConfig(), key=key)
         del key
         known = {f.name for f in dataclasses.fields(SimulatorConfig)} - {"api_key"}
-        sim._config = SimulatorConfig(**{k: v for k, v in sim.config().items() if k in known})
+        settings = sim.config()
+        sim._config = SimulatorConfig(**{k: v for k, v in settings.items() if k in known})
+        sim.student = settings.get("student")
+        sim.classroom = "student" in settings or "students" in settings
         return sim
 
     @property
@@ -128,7 +133,8 @@ class Simulator:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<Simulator {self.base_url} {state} seed={self._config.seed} profile={self._config.profile}>"
+        whose = f" sandbox of {self.student}" if self.student else (" whole class" if self.classroom else "")
+        return f"<Simulator {self.base_url}{whose} {state} seed={self._config.seed} profile={self._config.profile}>"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if not self.running:
@@ -190,6 +196,7 @@ def start_class(
             flags += [flag, str(value)]
     sim = _spawn(config, flags, {"SIM_INSTRUCTOR_KEY": instructor_key}, timeout, key=instructor_key)
     del instructor_key
+    sim.classroom = True
     return sim
 
 

@@ -110,7 +110,9 @@ async def admin_config(request: Request) -> Response:
             return JSONOut(error_body(message, "invalid_request_error", bad.code), status_code=bad.status)
         except (ConfigError, RosterError, TypeError, ValueError, OverflowError) as exc:
             return JSONOut(error_body(str(exc), "invalid_request_error"), status_code=400)
-    return JSONOut(scope.class_config() if isinstance(scope, Room) else scope.config.public())
+    if isinstance(scope, Room):
+        return JSONOut(scope.class_config())
+    return JSONOut(scope.config.public() | ({"student": scope.name} if scope.name is not None else {}))
 
 
 def routes() -> list[Route]:
